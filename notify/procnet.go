@@ -1,0 +1,129 @@
+package notify
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/grmwrap/grmwrap/generations"
+)
+
+// udpEntry is one socket of /proc/net/udp or /proc/net/udp6.
+type udpEntry struct {
+	Family uint16
+	Local  netip.AddrPort
+	Inode  uint64
+}
+
+// readUDPTables lists the UDP sockets of the current thread's network
+// namespace.
+func readUDPTables() ([]udpEntry, error) {
+	var all []udpEntry
+	for _, t := range []struct {
+		path   string
+		family uint16
+	}{
+		{"/proc/thread-self/net/udp", generations.FamilyINET},
+		{"/proc/thread-self/net/udp6", generations.FamilyINET6},
+	} {
+		f, err := os.Open(t.path)
+		if os.IsNotExist(err) && t.family == generations.FamilyINET6 {
+			continue // IPv6 disabled
+		}
+		if err != nil {
+			return nil, fmt.Errorf("open %s: %w", t.path, err)
+		}
+		entries, err := parseUDPTable(f, t.family)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("parse %s: %w", t.path, err)
+		}
+		all = append(all, entries...)
+	}
+	return all, nil
+}
+
+// parseUDPTable parses the text of /proc/net/udp (family INET) or
+// /proc/net/udp6 (INET6). Addresses there are 32-bit words printed in host
+// byte order; ports are printed as numbers.
+func parseUDPTable(r io.Reader, family uint16) ([]udpEntry, error) {
+	var out []udpEntry
+	sc := bufio.NewScanner(r)
+	first := true
+	for sc.Scan() {
+		if first { // header
+			first = false
+			continue
+		}
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 10 {
+			return nil, fmt.Errorf("line %q: too few fields", sc.Text())
+		}
+		local, err := parseHexAddrPort(fields[1])
+		if err != nil {
+			return nil, err
+		}
+		inode, err := strconv.ParseUint(fields[9], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("inode %q: %w", fields[9], err)
+		}
+		out = append(out, udpEntry{Family: family, Local: local, Inode: inode})
+	}
+	return out, sc.Err()
+}
+
+func parseHexAddrPort(s string) (netip.AddrPort, error) {
+	addrHex, portHex, ok := strings.Cut(s, ":")
+	if !ok {
+		return netip.AddrPort{}, fmt.Errorf("address %q: no port", s)
+	}
+	port, err := strconv.ParseUint(portHex, 16, 16)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("port %q: %w", portHex, err)
+	}
+	raw, err := hex.DecodeString(addrHex)
+	if err != nil || (len(raw) != 4 && len(raw) != 16) {
+		return netip.AddrPort{}, fmt.Errorf("address %q: not 4 or 16 bytes of hex", addrHex)
+	}
+	// Each 32-bit word was printed as a host-order number.
+	var b [16]byte
+	for i := 0; i < len(raw); i += 4 {
+		binary.NativeEndian.PutUint32(b[i:], binary.BigEndian.Uint32(raw[i:]))
+	}
+	if len(raw) == 4 {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[:4])), uint16(port)), nil
+	}
+	return netip.AddrPortFrom(netip.AddrFrom16(b), uint16(port)), nil
+}
+
+// conflicts reports whether a socket bound at e stands in the way of binding
+// want (family wantFamily, v6only when an IPv6 socket has IPV6_V6ONLY) in
+// the same namespace, the way a plain bind without SO_REUSEPORT would see it.
+// It is conservative where /proc does not tell: another IPv6 wildcard socket
+// is assumed to be dual-stack.
+func conflicts(e udpEntry, wantFamily uint16, want netip.AddrPort, v6only bool) bool {
+	if e.Local.Port() != want.Port() {
+		return false
+	}
+	a, b := e.Local.Addr(), want.Addr()
+	// A v4-mapped bind on an IPv6 socket takes an IPv4 address.
+	aV4 := e.Family == generations.FamilyINET || a.Is4In6()
+	bV4 := wantFamily == generations.FamilyINET || b.Is4In6()
+	a, b = a.Unmap(), b.Unmap()
+	switch {
+	case aV4 && bV4:
+		return a == b || a.IsUnspecified() || b.IsUnspecified()
+	case !aV4 && !bV4:
+		return a == b || a.IsUnspecified() || b.IsUnspecified()
+	case aV4: // existing IPv4, wanted IPv6
+		return b.IsUnspecified() && !v6only
+	default: // existing IPv6, wanted IPv4
+		return a.IsUnspecified()
+	}
+}
