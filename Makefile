@@ -1,0 +1,42 @@
+# grmwrap build, test and demo. Every target installs what it needs (deps).
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+GO ?= go
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: all deps build test test-unit lint fuzz demo clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build: deps
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/grmwrap ./cmd/grmwrap
+
+# The whole suite: unit tests and the privileged integration tests (root;
+# each integration test runs in its own network, mount and PID namespace).
+test: deps build
+	$(GO) test -race -count=1 ./...
+
+# Unit tests only: no root needed.
+test-unit: deps
+	$(GO) test -race -count=1 -short ./...
+
+lint: deps
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [[ -n "$$out" ]]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+# A short run of every fuzz target.
+fuzz: deps
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeSockaddr$$' -fuzztime=15s ./notify
+	$(GO) test -run='^$$' -fuzz='^FuzzParseListen$$' -fuzztime=15s ./notify
+
+demo: deps build
+	@scripts/demo.sh
+
+clean:
+	rm -rf bin
