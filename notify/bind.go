@@ -87,6 +87,7 @@ func (h *Handler) bind(ctx context.Context, n notification) (reply, bool) {
 		// believes unbound.
 		h.log.Error("register managed socket", "group", s.Group, "generation", s.Generation, "err", err)
 	}
+	h.counters.bindManaged.Add(1)
 	h.log.Info("managed bind", "group", s.Group, "generation", s.Generation, "pid", s.PID, "inode", s.Inode)
 	return replyOK, false
 }
@@ -108,6 +109,7 @@ func (h *Handler) bindManaged(n notification, sock int, sa Sockaddr, raw []byte)
 		o, ok := h.owned[st.Ino]
 		h.mu.Unlock()
 		if ok && o.group.Addr == sa.Addr {
+			h.counters.bindRepeated.Add(1)
 			return replyOK, nil, generations.Socket{}
 		}
 		return replyErr(unix.EINVAL), nil, generations.Socket{}

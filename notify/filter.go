@@ -108,14 +108,16 @@ func decodeSockFilters(raw []byte) ([]unix.SockFilter, error) {
 var ErrNestedListener = errors.New("another seccomp user-notification supervisor already watches this process (grmwrap cannot run under itself or under a container runtime's seccomp agent)")
 
 // installFilter loads prog on the calling thread with a new listener and
-// returns the listener fd. It asks for WAIT_KILLABLE_RECV (Linux 5.19+), so a
+// returns the listener fd. With killable it asks for WAIT_KILLABLE_RECV (Linux 5.19+), so a
 // signal cannot interrupt a bind the supervisor is already handling, and
 // falls back to a plain listener where the kernel lacks the flag. The
 // returned bool says whether the flag is in force.
-func installFilter(prog []unix.SockFilter) (int, bool, error) {
+func installFilter(prog []unix.SockFilter, killable bool) (int, bool, error) {
 	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
-	flags := uintptr(unix.SECCOMP_FILTER_FLAG_NEW_LISTENER | unix.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
-	killable := true
+	flags := uintptr(unix.SECCOMP_FILTER_FLAG_NEW_LISTENER)
+	if killable {
+		flags |= unix.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+	}
 	for {
 		fd, _, errno := unix.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, flags, uintptr(unsafe.Pointer(&fprog)))
 		switch {

@@ -79,24 +79,24 @@ func decodeCredential(s string) (*Credential, error) {
 	return c, nil
 }
 
-// RunInit is the init stage: os.Args is [self, InitArg, credential, path,
-// argv...]. It installs the filter on this (locked) thread, hands the
+// RunInit is the init stage: os.Args is [self, InitArg, credential, mode,
+// path, argv...], mode "killable" or "plain" (see Spec.NoWaitKillable). It installs the filter on this (locked) thread, hands the
 // listener to the supervisor, drops privileges and execs the server. It
 // returns only on failure, after telling the supervisor why; the caller
 // exits non-zero.
 func RunInit() error {
-	if len(os.Args) < 5 {
-		return fmt.Errorf("init stage: want credential, path and argv")
+	if len(os.Args) < 6 {
+		return fmt.Errorf("init stage: want credential, mode, path and argv")
 	}
 	// The socketpair end must not reach the server: close it on exec.
 	unix.CloseOnExec(initFD)
-	err := runInit(os.Args[2], os.Args[3], os.Args[4:])
+	err := runInit(os.Args[2], os.Args[3] == "killable", os.Args[4], os.Args[5:])
 	// Tell the supervisor; if it is gone there is no one to tell.
 	_, _ = unix.Write(initFD, []byte("error:"+err.Error()))
 	return err
 }
 
-func runInit(credArg, path string, argv []string) error {
+func runInit(credArg string, wantKillable bool, path string, argv []string) error {
 	cred, err := decodeCredential(credArg)
 	if err != nil {
 		return err
@@ -105,7 +105,7 @@ func runInit(credArg, path string, argv []string) error {
 	if err != nil {
 		return err
 	}
-	listener, killable, err := installFilter(prog)
+	listener, killable, err := installFilter(prog, wantKillable)
 	if err != nil {
 		return err
 	}

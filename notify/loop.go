@@ -35,6 +35,8 @@ type Handler struct {
 	// warned remembers generations already told that their reuseport
 	// programs are ignored.
 	warned map[uint32]bool
+
+	counters counters
 }
 
 // owned is what the handler remembers of a socket it bound.
@@ -145,22 +147,42 @@ func (h *Handler) handle(ctx context.Context, listener int, gen uint32, req *sec
 	copy(n.args[:], req.Data.Args)
 	var r reply
 	var stale bool
+	c := &h.counters
 	switch int(req.Data.Syscall) {
 	case unix.SYS_BIND:
+		c.bindTrapped.Add(1)
 		r, stale = h.bind(ctx, n)
+		switch {
+		case stale:
+		case r.cont:
+			c.bindContinued.Add(1)
+		case r.errno != 0:
+			c.bindRefused.Add(1)
+		}
 	case unix.SYS_SETSOCKOPT:
+		c.setsockoptTrapped.Add(1)
 		r, stale = h.setsockopt(n)
+		if !stale && !r.cont {
+			c.setsockoptKept.Add(1)
+		}
 	default:
 		r = replyContinue // the filter traps nothing else
 	}
 	if stale {
+		c.stale.Add(1)
 		return
 	}
 	resp := &seccomp.ScmpNotifResp{ID: req.ID, Error: int32(r.errno)}
 	if r.cont {
 		resp.Flags = seccomp.NotifRespFlagContinue
 	}
-	if err := seccomp.NotifRespond(n.fd, resp); err != nil && !errors.Is(err, unix.ENOENT) {
+	if err := seccomp.NotifRespond(n.fd, resp); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			// Interrupted or gone while we worked: a bind the kernel
+			// repeats is answered from what grmwrap already did.
+			c.stale.Add(1)
+			return
+		}
 		h.log.Warn("answer trapped syscall", "pid", n.tid, "err", err)
 	}
 }

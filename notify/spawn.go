@@ -22,6 +22,10 @@ type Spec struct {
 	Argv []string // the server's argv, argv[0] included
 	Env  []string
 	Cred *Credential // nil: run as grmwrap's own user
+	// NoWaitKillable installs the filter without WAIT_KILLABLE_RECV even
+	// where the kernel has it, as kernels before 5.19 do: tests use it to
+	// exercise the re-delivered bind.
+	NoWaitKillable bool
 	// Files are the server's stdin, stdout and stderr.
 	Files [3]*os.File
 }
@@ -48,7 +52,11 @@ func Start(spec Spec) (*Child, error) {
 	parent := fds[0]
 	defer unix.Close(parent)
 	childEnd := os.NewFile(uintptr(fds[1]), "grmwrap-handshake")
-	args := append([]string{spec.Self, InitArg, spec.Cred.encode(), spec.Path}, spec.Argv...)
+	mode := "killable"
+	if spec.NoWaitKillable {
+		mode = "plain"
+	}
+	args := append([]string{spec.Self, InitArg, spec.Cred.encode(), mode, spec.Path}, spec.Argv...)
 	proc, err := os.StartProcess(spec.Self, args, &os.ProcAttr{
 		Env:   spec.Env,
 		Files: []*os.File{spec.Files[0], spec.Files[1], spec.Files[2], childEnd},
