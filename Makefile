@@ -6,7 +6,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all deps build test test-unit lint fuzz demo clean
+.PHONY: all deps build examples test test-unit lint fuzz demo clean
 
 all: build
 
@@ -15,6 +15,11 @@ deps:
 
 build: deps
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/grmwrap ./cmd/grmwrap
+
+# The bundled example server: the C echo server the tests use.
+examples: deps
+	@mkdir -p bin
+	gcc -O2 -Wall -o bin/echo-server testdata/servers/echo.c
 
 # The whole suite: unit tests and the privileged integration tests (root;
 # each integration test runs in its own network, mount and PID namespace).
@@ -35,7 +40,7 @@ fuzz: deps
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeSockaddr$$' -fuzztime=15s ./notify
 	$(GO) test -run='^$$' -fuzz='^FuzzParseListen$$' -fuzztime=15s ./notify
 
-demo: deps build
+demo: deps build examples
 	@scripts/demo.sh
 
 clean:
