@@ -10,17 +10,18 @@ import (
 // SocketSink used before a data plane is attached, and the bookkeeping the
 // data plane builds on. It is safe for concurrent use.
 type Registry struct {
-	mu   sync.Mutex
-	gens map[uint32][]Socket // File fields are always nil here
+	mu      sync.Mutex
+	gens    map[uint32][]Socket // File fields are always nil here
+	byInode map[uint64]uint32   // socket inode -> generation
 }
 
 // NewRegistry returns an empty registry.
 func NewRegistry() *Registry {
-	return &Registry{gens: make(map[uint32][]Socket)}
+	return &Registry{gens: make(map[uint32][]Socket), byInode: make(map[uint64]uint32)}
 }
 
 // AddSocket records s under its generation and closes its file. A socket
-// already recorded (same inode) is not recorded twice.
+// already recorded (same inode, in any generation) is not recorded again.
 func (r *Registry) AddSocket(_ context.Context, s Socket) error {
 	if s.File != nil {
 		// The copy was only needed to bind; holding it would keep a socket
@@ -31,11 +32,10 @@ func (r *Registry) AddSocket(_ context.Context, s Socket) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, old := range r.gens[s.Generation] {
-		if old.Inode == s.Inode {
-			return nil
-		}
+	if _, ok := r.byInode[s.Inode]; ok {
+		return nil
 	}
+	r.byInode[s.Inode] = s.Generation
 	r.gens[s.Generation] = append(r.gens[s.Generation], s)
 	return nil
 }
@@ -53,5 +53,8 @@ func (r *Registry) Release(gen uint32) []Socket {
 	defer r.mu.Unlock()
 	s := r.gens[gen]
 	delete(r.gens, gen)
+	for _, sock := range s {
+		delete(r.byInode, sock.Inode)
+	}
 	return s
 }

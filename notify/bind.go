@@ -249,7 +249,7 @@ func (h *Handler) setsockopt(n notification) (reply, bool) {
 	}
 	h.mu.Lock()
 	o, ours := h.owned[ino]
-	firstWarning := ours && int(n.args[2]) != unix.SO_REUSEPORT && !h.warned[n.gen]
+	firstWarning := ours && int32(n.args[2]) != unix.SO_REUSEPORT && !h.warned[n.gen]
 	if firstWarning {
 		h.warned[n.gen] = true
 	}
@@ -257,7 +257,7 @@ func (h *Handler) setsockopt(n notification) (reply, bool) {
 	if !ours {
 		return replyContinue, false
 	}
-	if int(n.args[2]) == unix.SO_REUSEPORT {
+	if int32(n.args[2]) == unix.SO_REUSEPORT {
 		if int32(n.args[4]) < int32(unsafe.Sizeof(int32(0))) {
 			return replyErr(unix.EINVAL), false
 		}

@@ -46,12 +46,14 @@ func FilterProgram() ([]unix.SockFilter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("resolve setsockopt: %w", err)
 	}
+	// level and optname are ints: the kernel ignores their upper 32 bits,
+	// so the filter must too (mask first, then value, for libseccomp).
 	for _, opt := range TrappedOptions {
-		level, err := seccomp.MakeCondition(1, seccomp.CompareEqual, unix.SOL_SOCKET)
+		level, err := seccomp.MakeCondition(1, seccomp.CompareMaskedEqual, 0xffffffff, unix.SOL_SOCKET)
 		if err != nil {
 			return nil, fmt.Errorf("setsockopt level condition: %w", err)
 		}
-		name, err := seccomp.MakeCondition(2, seccomp.CompareEqual, uint64(opt))
+		name, err := seccomp.MakeCondition(2, seccomp.CompareMaskedEqual, 0xffffffff, uint64(opt))
 		if err != nil {
 			return nil, fmt.Errorf("setsockopt name condition: %w", err)
 		}

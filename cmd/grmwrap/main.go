@@ -14,9 +14,9 @@ import (
 func main() {
 	if notify.IsInit() {
 		// The hidden init stage: install the filter and exec the server.
-		if err := notify.RunInit(); err != nil {
-			fmt.Fprintf(os.Stderr, "grmwrap init: %v\n", err)
-		}
+		// RunInit returns only when it could not exec the server.
+		err := notify.RunInit()
+		fmt.Fprintf(os.Stderr, "grmwrap init: %v\n", err)
 		os.Exit(127)
 	}
 	os.Exit(run(context.Background(), os.Args))
