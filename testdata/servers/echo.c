@@ -15,9 +15,16 @@
  *   ready pid=<pid> udp_reuseport=<0|1> tcp_reuseport=<0|1|-1> port=<port>
  *   bind-error errno=<n> <strerror text>          (then exit status 3)
  *   signal <n>                                    (SIGTERM/SIGINT: exit 0;
- *                                                  SIGHUP/SIGUSR1: go on)
+ *                                                  SIGHUP/SIGUSR1/SIGURG: go on)
  * Every datagram is answered with "<pid> " + payload; the payload "exit N"
- * is answered and then the server exits with status N.
+ * is answered and then the server exits with status N. Three payloads are
+ * commands, answered with "<pid> " + their result instead of an echo:
+ *   bind N        a new AF_INET UDP socket binds 0.0.0.0:N (kept open):
+ *                 "bind ret=<r> errno=<e>"
+ *   reuseport V   setsockopt(SO_REUSEPORT, V) on the UDP socket:
+ *                 "reuseport ret=<r> errno=<e> now=<getsockopt value>"
+ *   attach-cbpf   attach a classic BPF reuseport program (return 0) to the
+ *                 UDP socket: "attach ret=<r> errno=<e>"
  * Usage errors exit with status 2, other setup failures with status 1;
  * their diagnostics go to stderr.
  */
@@ -25,6 +32,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <linux/filter.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -35,6 +43,7 @@
 
 #define MAX_PAYLOAD 65536
 #define SIG_RING 64
+#define NHANDLED 5 /* entries of handled[] in main */
 
 /* Signal numbers received, in order. Written by the handler only; read by
  * the main loop only while the handled signals are blocked. */
@@ -100,6 +109,49 @@ static long exit_code(const char *p, size_t n)
 	return v;
 }
 
+/* command runs a command payload (see the top of the file) on the UDP
+ * socket udp, writing its result to out; it returns the result's length,
+ * or 0 when the payload is not a command. */
+static size_t command(int udp, const char *p, size_t n, char *out, size_t outlen)
+{
+	char arg[32];
+	int r, v, e;
+	socklen_t len = sizeof(v);
+
+	if (n > 5 && n < 5 + sizeof(arg) && memcmp(p, "bind ", 5) == 0) {
+		struct sockaddr_in sin;
+		int fd = socket(AF_INET, SOCK_DGRAM, 0);
+
+		memcpy(arg, p + 5, n - 5);
+		arg[n - 5] = '\0';
+		memset(&sin, 0, sizeof(sin));
+		sin.sin_family = AF_INET;
+		sin.sin_port = htons((unsigned short)atoi(arg));
+		r = bind(fd, (struct sockaddr *)&sin, sizeof(sin));
+		e = r < 0 ? errno : 0;
+		return (size_t)snprintf(out, outlen, "bind ret=%d errno=%d", r, e);
+	}
+	if (n > 10 && n < 10 + sizeof(arg) && memcmp(p, "reuseport ", 10) == 0) {
+		memcpy(arg, p + 10, n - 10);
+		arg[n - 10] = '\0';
+		v = atoi(arg);
+		r = setsockopt(udp, SOL_SOCKET, SO_REUSEPORT, &v, sizeof(v));
+		e = r < 0 ? errno : 0;
+		v = -1;
+		getsockopt(udp, SOL_SOCKET, SO_REUSEPORT, &v, &len);
+		return (size_t)snprintf(out, outlen, "reuseport ret=%d errno=%d now=%d", r, e, v);
+	}
+	if (n == 11 && memcmp(p, "attach-cbpf", 11) == 0) {
+		struct sock_filter code[] = {{BPF_RET | BPF_K, 0, 0, 0}};
+		struct sock_fprog prog = {.len = 1, .filter = code};
+
+		r = setsockopt(udp, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof(prog));
+		e = r < 0 ? errno : 0;
+		return (size_t)snprintf(out, outlen, "attach ret=%d errno=%d", r, e);
+	}
+	return 0;
+}
+
 static int get_reuseport(int fd)
 {
 	int v = 0;
@@ -123,7 +175,7 @@ int main(int argc, char **argv)
 	const char *addr = "0.0.0.0";
 	const char *port_arg = NULL;
 	int want_tcp = 0, want_reuseport = 0;
-	int family, port, udp = -1, tcp = -1, i, handled[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};
+	int family, port, udp = -1, tcp = -1, i, handled[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGURG};
 	int udp_rp, tcp_rp = -1, bound_port;
 	struct sockaddr_storage ss;
 	socklen_t sslen;
@@ -144,7 +196,8 @@ int main(int argc, char **argv)
 		} else if (strcmp(argv[i], "--reuseport") == 0) {
 			want_reuseport = 1;
 		} else if (argv[i][0] == '-' && argv[i][1] != '\0') {
-			usage("unknown option");
+			fprintf(stderr, "echo-c: unknown option %s\n", argv[i]);
+			usage("bad arguments");
 		} else if (port_arg == NULL) {
 			port_arg = argv[i];
 		} else {
@@ -158,10 +211,10 @@ int main(int argc, char **argv)
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);
-	for (i = 0; i < 4; i++)
+	for (i = 0; i < NHANDLED; i++)
 		sigaddset(&sa.sa_mask, handled[i]);
 	sa.sa_flags = 0; /* no SA_RESTART */
-	for (i = 0; i < 4; i++)
+	for (i = 0; i < NHANDLED; i++)
 		if (sigaction(handled[i], &sa, NULL) < 0)
 			fatal("sigaction");
 
@@ -245,11 +298,11 @@ int main(int argc, char **argv)
 	 * interrupted; EINTR from ppoll() sends us back to the ring.
 	 */
 	sigemptyset(&block);
-	for (i = 0; i < 4; i++)
+	for (i = 0; i < NHANDLED; i++)
 		sigaddset(&block, handled[i]);
 	if (sigprocmask(SIG_BLOCK, &block, &unblocked) < 0)
 		fatal("sigprocmask");
-	for (i = 0; i < 4; i++)
+	for (i = 0; i < NHANDLED; i++)
 		sigdelset(&unblocked, handled[i]);
 
 	prefix_len = (size_t)snprintf(prefix, sizeof(prefix), "%d ", (int)pid);
@@ -288,6 +341,9 @@ int main(int argc, char **argv)
 			fprintf(stderr, "echo-c: recvfrom: %s\n", strerror(errno));
 			continue;
 		}
+		k = (int)command(udp, buf + prefix_len, (size_t)n, buf + prefix_len, MAX_PAYLOAD);
+		if (k > 0)
+			n = k;
 		if (sendto(udp, buf, prefix_len + (size_t)n, 0,
 			   (struct sockaddr *)&from, fromlen) < 0)
 			fprintf(stderr, "echo-c: sendto: %s\n", strerror(errno));
