@@ -198,17 +198,31 @@ func TestTwoInstancesSharePort(t *testing.T) {
 	if got := len(s.registry.Sockets(1)) + len(s.registry.Sockets(2)); got != 2 {
 		t.Fatalf("registry holds %d sockets, want one per generation", got)
 	}
-	seen := map[string]int{}
-	for i := range 64 {
-		reply := testbin.Echo(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), fmt.Sprint(i), wait)
-		pid, _, _ := strings.Cut(reply, " ")
-		seen[pid]++
-	}
-	for _, pid := range pids {
-		if seen[strconv.Itoa(pid)] == 0 {
-			t.Fatalf("instance %d answered none of 64 flows: %v", pid, seen)
+	spread := func(what string) {
+		t.Helper()
+		seen := map[string]int{}
+		for i := range 64 {
+			reply := testbin.Echo(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), fmt.Sprint(i), wait)
+			pid, _, _ := strings.Cut(reply, " ")
+			seen[pid]++
+		}
+		for _, pid := range pids {
+			if seen[strconv.Itoa(pid)] == 0 {
+				t.Fatalf("%s: instance %d answered none of 64 flows: %v", what, pid, seen)
+			}
 		}
 	}
+	spread("two instances")
+	// An instance attaching its own reuseport program (classic BPF
+	// "return 0": every datagram to the group's first socket) is answered
+	// with success and has no effect: traffic still reaches both.
+	if got := testbin.Echo(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), "attach-cbpf", wait); !strings.HasSuffix(got, " attach ret=0 errno=0") {
+		t.Fatalf("attach-cbpf: %q", got)
+	}
+	if c := s.handler.Counters()["setsockopt_kept"]; c != 1 {
+		t.Fatalf("setsockopt_kept = %d, want 1", c)
+	}
+	spread("after the server attached its own program")
 }
 
 type testWriter struct{ t testing.TB }
