@@ -92,9 +92,7 @@ func TestUnmodifiedServers(t *testing.T) {
 			if sockets != 2 {
 				t.Fatalf("server has %d sockets, want its own 2 (no grmwrap socket): %v", sockets, fds)
 			}
-			if !strings.Contains(g.Stderr(), `msg="managed bind"`) {
-				t.Fatalf("no managed bind logged:\n%s", g.Stderr())
-			}
+			waitStderr(t, g, `msg="managed bind"`)
 			if err := g.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}
@@ -129,9 +127,7 @@ func TestDualStack(t *testing.T) {
 					t.Fatalf("via %s: %q, want %q", host, got, want)
 				}
 			}
-			if !strings.Contains(g.Stderr(), "udp6 [::]:"+strconv.Itoa(port)) {
-				t.Fatalf("dual-stack group not logged as udp6 [::]:%d:\n%s", port, g.Stderr())
-			}
+			waitStderr(t, g, "udp6 [::]:"+strconv.Itoa(port))
 		})
 	}
 }

@@ -14,6 +14,19 @@ import (
 	"github.com/grmwrap/grmwrap/internal/testbin"
 )
 
+// waitStderr waits until the server's stderr (grmwrap's log) contains
+// want: it reaches the test through a pipe, after the reply that caused it.
+func waitStderr(t *testing.T, g *testbin.Server, want string) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for !strings.Contains(g.Stderr(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%q never logged:\n%s", want, g.Stderr())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func addr(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
 
 // TestExitStatus: grmwrap exits with the server's status, 128+N when signal
@@ -193,9 +206,7 @@ func TestSetsockoptOnManagedSocket(t *testing.T) {
 			t.Fatalf("%s on a managed socket: %q, want %q", payload, got, want)
 		}
 	}
-	if !strings.Contains(g.Stderr(), "reuseport program is ignored") {
-		t.Fatalf("ignored program not logged:\n%s", g.Stderr())
-	}
+	waitStderr(t, g, "reuseport program is ignored")
 	// Control: on unmanaged sockets (--listen names another port) the
 	// kernel acts: SO_REUSEPORT goes to 0, and attaching a reuseport program
 	// to a socket bound without SO_REUSEPORT fails with EINVAL.
@@ -232,6 +243,11 @@ func TestSignalStormBindThroughCLI(t *testing.T) {
 	if got := testbin.Echo(t, addr(port), "x", wait); !strings.HasSuffix(got, " x") {
 		t.Fatalf("echo %q", got)
 	}
+	// Stop grmwrap so that its whole log has arrived before counting.
+	if err := g.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	g.Wait(t, wait)
 	if n := strings.Count(g.Stderr(), `msg="managed bind"`); n != 1 {
 		t.Fatalf("%d managed binds logged, want exactly 1:\n%s", n, g.Stderr())
 	}
