@@ -87,7 +87,7 @@ func TestPreflightRefuses(t *testing.T) {
 	if !nstest.Enter(t) {
 		return
 	}
-	bin := testbin.Grmwrap(t)
+	bin := testbin.WorldExecutable(t, testbin.Grmwrap(t))
 	marker := filepath.Join(t.TempDir(), "ran")
 	if err := os.Chmod(filepath.Dir(marker), 0o777); err != nil {
 		t.Fatal(err)
@@ -133,7 +133,7 @@ func TestPrivilegedPortNeedsPrivilege(t *testing.T) {
 	if !nstest.Enter(t) {
 		return
 	}
-	echo := testbin.EchoC(t)
+	echo := testbin.WorldExecutable(t, testbin.EchoC(t))
 	// Control: the same server as nobody without grmwrap.
 	plain := exec.Command(echo, "53")
 	plain.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}

@@ -403,3 +403,27 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// WorldExecutable returns a copy of the binary at path that any user can
+// execute: tests run binaries as nobody, and the module may sit below a
+// directory only root can enter (a mktemp -d clone, say).
+func WorldExecutable(t testing.TB, path string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "grmwrap-exec-")
+	if err != nil {
+		t.Fatalf("testbin: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatalf("testbin: %v", err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("testbin: %v", err)
+	}
+	out := filepath.Join(dir, filepath.Base(path))
+	if err := os.WriteFile(out, b, 0o755); err != nil {
+		t.Fatalf("testbin: %v", err)
+	}
+	return out
+}
