@@ -88,10 +88,17 @@ func TestPreflightRefuses(t *testing.T) {
 		return
 	}
 	bin := testbin.WorldExecutable(t, testbin.Grmwrap(t))
-	marker := filepath.Join(t.TempDir(), "ran")
-	if err := os.Chmod(filepath.Dir(marker), 0o777); err != nil {
+	// The marker must be writable by nobody too, or a server that ran as
+	// nobody could not leave it and the check would prove nothing.
+	mdir, err := os.MkdirTemp("", "grmwrap-marker-")
+	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { os.RemoveAll(mdir) })
+	if err := os.Chmod(mdir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	marker := filepath.Join(mdir, "ran")
 	args := []string{"--", "sh", "-c", "touch " + marker}
 	for _, tc := range []struct {
 		name  string
