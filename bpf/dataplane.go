@@ -1,0 +1,309 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// Dissector values, as grmwrap.h numbers them.
+const (
+	DissectorFlow = uint32(reuseportGrmDissectorGRM_DISSECTOR_FLOW)
+	DissectorNoop = uint32(reuseportGrmDissectorGRM_DISSECTOR_NOOP)
+)
+
+// MaxGroups is how many groups one data plane holds (group id 0 is
+// reserved).
+const MaxGroups = 1024
+
+// Options configure Load.
+type Options struct {
+	// MaxFlows is the flow table's size (default 65536).
+	MaxFlows uint32
+	// PinDir, when set, is a directory on a bpffs where the maps are
+	// pinned; maps already pinned there are reused, so a restarted
+	// supervisor finds its state again.
+	PinDir string
+	// Refresh bounds how often a flow's last-seen time is written
+	// (default 1s).
+	Refresh time.Duration
+}
+
+// DataPlane is the loaded program and its maps.
+type DataPlane struct {
+	objs reuseportObjects
+}
+
+// Load loads the program and creates (or reopens) its maps.
+func Load(opts Options) (*DataPlane, error) {
+	if opts.MaxFlows == 0 {
+		opts.MaxFlows = 65536
+	}
+	if opts.Refresh == 0 {
+		opts.Refresh = time.Second
+	}
+	spec, err := loadReuseport()
+	if err != nil {
+		return nil, fmt.Errorf("load program spec: %w", err)
+	}
+	spec.Maps["flows"].MaxEntries = opts.MaxFlows
+	if err := spec.Variables["refresh_ns"].Set(uint64(opts.Refresh.Nanoseconds())); err != nil {
+		return nil, fmt.Errorf("set refresh interval: %w", err)
+	}
+	var copts ebpf.CollectionOptions
+	if opts.PinDir != "" {
+		if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create pin directory: %w", err)
+		}
+		copts.Maps.PinPath = opts.PinDir
+	} else {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinNone
+		}
+	}
+	d := &DataPlane{}
+	if err := spec.LoadAndAssign(&d.objs, &copts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load steering program: %+v", ve)
+		}
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("maps pinned in %s do not match this grmwrap (another version or --max-flows); remove them to start afresh: %w", opts.PinDir, err)
+		}
+		return nil, fmt.Errorf("load steering program: %w", err)
+	}
+	return d, nil
+}
+
+// Close releases the program and map handles. Groups keep the program
+// attached and pinned maps stay, so steering goes on.
+func (d *DataPlane) Close() error {
+	return d.objs.Close()
+}
+
+// Program returns the SK_REUSEPORT program (for statistics).
+func (d *DataPlane) Program() *ebpf.Program { return d.objs.GrmReuseport }
+
+// GroupState is what the program reads for a group.
+type GroupState struct {
+	WorkingGen  uint32
+	Count       uint32 // sockets of the working generation, slots 0..Count-1
+	Dissector   uint32
+	FlowTimeout time.Duration
+}
+
+// SetGroup writes group gid's state. Working generation and count change in
+// one 8-byte word, so the program never sees one without the other.
+func (d *DataPlane) SetGroup(gid uint32, st GroupState) error {
+	if gid == 0 || gid >= MaxGroups {
+		return fmt.Errorf("group id %d out of range 1..%d", gid, MaxGroups-1)
+	}
+	v := reuseportGrmGroup{
+		GenCount:       uint64(st.WorkingGen)<<32 | uint64(st.Count),
+		Dissector:      st.Dissector,
+		FlowTimeoutSec: uint32(st.FlowTimeout.Round(time.Second) / time.Second),
+	}
+	if err := d.objs.Groups.Update(gid, v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("update group %d: %w", gid, err)
+	}
+	return nil
+}
+
+// ClearGroup resets group gid's state and counters (the group is no longer
+// used).
+func (d *DataPlane) ClearGroup(gid uint32) error {
+	if err := d.objs.Groups.Update(gid, reuseportGrmGroup{}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("clear group %d: %w", gid, err)
+	}
+	zero := make([]reuseportGrmCounters, ebpf.MustPossibleCPU())
+	if err := d.objs.Counters.Update(gid, zero, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("clear counters of group %d: %w", gid, err)
+	}
+	return nil
+}
+
+// AddSocket puts the bound socket fd into group gid as (gen, slot): it
+// enters the sockets map, its group's program is attached, and the slot
+// points at it. It returns the socket's cookie.
+func (d *DataPlane) AddSocket(gid, gen, slot uint32, fd int) (uint64, error) {
+	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
+	if err != nil {
+		return 0, fmt.Errorf("socket cookie: %w", err)
+	}
+	if err := d.objs.SocketGroups.Update(cookie, gid, ebpf.UpdateAny); err != nil {
+		return 0, fmt.Errorf("record socket group: %w", err)
+	}
+	if err := d.objs.Sockets.Update(cookie, uint64(fd), ebpf.UpdateAny); err != nil {
+		_ = d.objs.SocketGroups.Delete(cookie) // undo; a missing key is fine
+		return 0, fmt.Errorf("insert socket into sockhash: %w", err)
+	}
+	// The program belongs to the reuseport group; attaching again is
+	// harmless and covers a group that emptied and was re-created.
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_EBPF, d.objs.GrmReuseport.FD()); err != nil {
+		d.RemoveSocket(cookie)
+		return 0, fmt.Errorf("attach reuseport program: %w", err)
+	}
+	if err := d.SetSlot(gid, gen, slot, cookie); err != nil {
+		d.RemoveSocket(cookie)
+		return 0, err
+	}
+	return cookie, nil
+}
+
+// SetSlot points (gid, gen, slot) at the socket with cookie.
+func (d *DataPlane) SetSlot(gid, gen, slot uint32, cookie uint64) error {
+	k := reuseportGrmSlotKey{Group: gid, Gen: gen, Slot: slot}
+	if err := d.objs.Slots.Update(k, cookie, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("set slot %d/%d/%d: %w", gid, gen, slot, err)
+	}
+	return nil
+}
+
+// DeleteSlot empties (gid, gen, slot).
+func (d *DataPlane) DeleteSlot(gid, gen, slot uint32) error {
+	k := reuseportGrmSlotKey{Group: gid, Gen: gen, Slot: slot}
+	if err := d.objs.Slots.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete slot %d/%d/%d: %w", gid, gen, slot, err)
+	}
+	return nil
+}
+
+// RemoveSocket takes the socket with cookie out of steering. It is a no-op
+// for a socket already gone (the kernel drops closed sockets from the
+// sockhash by itself).
+func (d *DataPlane) RemoveSocket(cookie uint64) {
+	// Missing keys are expected: the socket may have closed already.
+	_ = d.objs.Sockets.Delete(cookie)
+	_ = d.objs.SocketGroups.Delete(cookie)
+}
+
+// Alive reports whether the socket with cookie is still in the sockhash
+// (the kernel removes a socket when it is closed).
+func (d *DataPlane) Alive(cookie uint64) bool {
+	var v uint64
+	return d.objs.Sockets.Lookup(cookie, &v) == nil
+}
+
+// FlowCounts returns, for group gid, how many flows each generation has
+// that were seen within timeout.
+func (d *DataPlane) FlowCounts(gid uint32, timeout time.Duration) (map[uint32]int, error) {
+	now, err := coarseNow()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[uint32]int)
+	var (
+		k reuseportGrmFlowKey
+		v reuseportGrmFlow
+	)
+	it := d.objs.Flows.Iterate()
+	for it.Next(&k, &v) {
+		if k.Group != gid {
+			continue
+		}
+		if now-v.SeenNs <= uint64(timeout.Nanoseconds()) {
+			out[v.Gen]++
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate flows: %w", err)
+	}
+	return out, nil
+}
+
+// coarseNow reads CLOCK_MONOTONIC_COARSE, the clock of
+// bpf_ktime_get_coarse_ns.
+func coarseNow() (uint64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
+		return 0, fmt.Errorf("read coarse clock: %w", err)
+	}
+	return uint64(ts.Nano()), nil
+}
+
+// Counters returns group gid's counters summed over CPUs, by name
+// (rx_processed_total, ...). Group 0 counts traffic of no known group.
+func (d *DataPlane) Counters(gid uint32) (map[string]uint64, error) {
+	var per []reuseportGrmCounters
+	if err := d.objs.Counters.Lookup(gid, &per); err != nil {
+		return nil, fmt.Errorf("read counters of group %d: %w", gid, err)
+	}
+	out := make(map[string]uint64, len(counterNames))
+	for _, c := range per {
+		v := reflect.ValueOf(c)
+		for i, name := range counterNames {
+			out[name] += v.Field(counterFields[i]).Uint()
+		}
+	}
+	return out, nil
+}
+
+// counterNames are the fields of grm_counters in snake case, in order, and
+// counterFields their indexes in the generated struct.
+var counterNames, counterFields = func() ([]string, []int) {
+	t := reflect.TypeFor[reuseportGrmCounters]()
+	var names []string
+	var fields []int
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if f.Name == "_" {
+			continue // layout marker
+		}
+		if f.Type.Kind() != reflect.Uint64 {
+			panic("grm_counters holds a non-counter field " + f.Name)
+		}
+		names = append(names, snake(f.Name))
+		fields = append(fields, i)
+	}
+	return names, fields
+}()
+
+// CounterNames lists the counters in the order grmwrap.h declares them.
+func CounterNames() []string { return append([]string(nil), counterNames...) }
+
+// snake turns RxFlowOk into rx_flow_ok.
+func snake(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		if unicode.IsUpper(r) {
+			if i > 0 {
+				b.WriteByte('_')
+			}
+			r = unicode.ToLower(r)
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// bpffsMagic is BPF_FS_MAGIC.
+const bpffsMagic = 0xcafe4a11
+
+// EnsureBPFFS makes sure dir lies on a bpffs, mounting one at mountPoint
+// (usually /sys/fs/bpf) when none is there.
+func EnsureBPFFS(mountPoint string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(mountPoint, &st); err == nil && st.Type == bpffsMagic {
+		return nil
+	}
+	if err := os.MkdirAll(mountPoint, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", mountPoint, err)
+	}
+	if err := unix.Mount("bpf", mountPoint, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs at %s: %w", mountPoint, err)
+	}
+	return nil
+}
+
+// PinDir is where a supervisor named name pins its maps under mountPoint.
+func PinDir(mountPoint, name string) string {
+	return filepath.Join(mountPoint, "grmwrap", name)
+}
