@@ -12,13 +12,13 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/grmwrap/grmwrap/generations"
 )
 
-// Dissector values, as grmwrap.h numbers them.
-const (
-	DissectorFlow = uint32(reuseportGrmDissectorGRM_DISSECTOR_FLOW)
-	DissectorNoop = uint32(reuseportGrmDissectorGRM_DISSECTOR_NOOP)
-)
+// The dissectors are numbered alike here and in grmwrap.h.
+var _ = [1]struct{}{}[uint32(generations.DissectorFlow)-uint32(reuseportGrmDissectorGRM_DISSECTOR_FLOW)]
+var _ = [1]struct{}{}[uint32(generations.DissectorNoop)-uint32(reuseportGrmDissectorGRM_DISSECTOR_NOOP)]
 
 // MaxGroups is how many groups one data plane holds (group id 0 is
 // reserved).
@@ -92,23 +92,15 @@ func (d *DataPlane) Close() error {
 // Program returns the SK_REUSEPORT program (for statistics).
 func (d *DataPlane) Program() *ebpf.Program { return d.objs.GrmReuseport }
 
-// GroupState is what the program reads for a group.
-type GroupState struct {
-	WorkingGen  uint32
-	Count       uint32 // sockets of the working generation, slots 0..Count-1
-	Dissector   uint32
-	FlowTimeout time.Duration
-}
-
 // SetGroup writes group gid's state. Working generation and count change in
 // one 8-byte word, so the program never sees one without the other.
-func (d *DataPlane) SetGroup(gid uint32, st GroupState) error {
+func (d *DataPlane) SetGroup(gid uint32, st generations.GroupState) error {
 	if gid == 0 || gid >= MaxGroups {
 		return fmt.Errorf("group id %d out of range 1..%d", gid, MaxGroups-1)
 	}
 	v := reuseportGrmGroup{
 		GenCount:       uint64(st.WorkingGen)<<32 | uint64(st.Count),
-		Dissector:      st.Dissector,
+		Dissector:      uint32(st.Dissector),
 		FlowTimeoutSec: uint32(st.FlowTimeout.Round(time.Second) / time.Second),
 	}
 	if err := d.objs.Groups.Update(gid, v, ebpf.UpdateAny); err != nil {
@@ -130,10 +122,27 @@ func (d *DataPlane) ClearGroup(gid uint32) error {
 	return nil
 }
 
-// AddSocket puts the bound socket fd into group gid as (gen, slot): it
-// enters the sockets map, its group's program is attached, and the slot
-// points at it. It returns the socket's cookie.
-func (d *DataPlane) AddSocket(gid, gen, slot uint32, fd int) (uint64, error) {
+// AddSocket puts the bound socket f into group gid as (gen, slot): it
+// enters the sockets map, its group gets the program attached, and the slot
+// points at it. It returns the socket's cookie. f stays the caller's.
+func (d *DataPlane) AddSocket(gid, gen, slot uint32, f *os.File) (uint64, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, fmt.Errorf("socket handle: %w", err)
+	}
+	var (
+		cookie uint64
+		aerr   error
+	)
+	// Control keeps the fd's blocking mode (Fd would change the server's
+	// shared file description to blocking).
+	if err := rc.Control(func(fd uintptr) { cookie, aerr = d.addSocket(gid, gen, slot, int(fd)) }); err != nil {
+		return 0, fmt.Errorf("socket handle: %w", err)
+	}
+	return cookie, aerr
+}
+
+func (d *DataPlane) addSocket(gid, gen, slot uint32, fd int) (uint64, error) {
 	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
 	if err != nil {
 		return 0, fmt.Errorf("socket cookie: %w", err)
@@ -142,7 +151,7 @@ func (d *DataPlane) AddSocket(gid, gen, slot uint32, fd int) (uint64, error) {
 		return 0, fmt.Errorf("record socket group: %w", err)
 	}
 	if err := d.objs.Sockets.Update(cookie, uint64(fd), ebpf.UpdateAny); err != nil {
-		_ = d.objs.SocketGroups.Delete(cookie) // undo; a missing key is fine
+		d.RemoveSocket(cookie)
 		return 0, fmt.Errorf("insert socket into sockhash: %w", err)
 	}
 	// The program belongs to the reuseport group; attaching again is
@@ -306,4 +315,33 @@ func EnsureBPFFS(mountPoint string) error {
 // PinDir is where a supervisor named name pins its maps under mountPoint.
 func PinDir(mountPoint, name string) string {
 	return filepath.Join(mountPoint, "grmwrap", name)
+}
+
+var _ generations.DataPlane = (*DataPlane)(nil)
+
+// LiveGroups returns the group ids that still have an open socket (left by
+// an earlier supervisor whose maps were reopened), and forgets the sockets
+// of the others.
+func (d *DataPlane) LiveGroups() (map[uint32]bool, error) {
+	live := make(map[uint32]bool)
+	var (
+		cookie uint64
+		gid    uint32
+		dead   []uint64
+	)
+	it := d.objs.SocketGroups.Iterate()
+	for it.Next(&cookie, &gid) {
+		if d.Alive(cookie) {
+			live[gid] = true
+		} else {
+			dead = append(dead, cookie)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate socket groups: %w", err)
+	}
+	for _, c := range dead {
+		d.RemoveSocket(c)
+	}
+	return live, nil
 }

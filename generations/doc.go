@@ -1,17 +1,25 @@
 // Package generations is grmwrap's policy core: which sockets belong to which
-// generation of the server, and (in later steps) which generation receives new
-// flows.
+// generation of the server, which slot each holds, and which generation
+// receives new flows.
 //
-// It imports only the standard library. It defines the ports (interfaces) that
-// the adapters satisfy: notify reports every managed socket through
-// SocketSink; the eBPF data plane and the upgrade logic plug in behind the same
-// port without changes to notify.
+// It imports only the standard library. It defines the ports (interfaces)
+// that the adapters satisfy: notify reports every managed socket through
+// SocketSink; the eBPF data plane sits behind DataPlane. Every policy test
+// runs unprivileged against fakes.
 //
 // Invariants:
-//   - A socket (identified by its inode) is recorded in exactly one generation,
-//     and at most once: a bind the kernel re-delivers is not a second socket.
-//   - The registry never holds a copy of a socket: the file handed to AddSocket
+//   - A socket (identified by its inode) is recorded in exactly one
+//     generation of one group, and at most once: a bind the kernel
+//     re-delivers is not a second socket.
+//   - The slots of every generation are dense, 0..n-1: when a socket leaves,
+//     the last one moves into its slot before the count shrinks, so the data
+//     plane never finds a hole below the count.
+//   - There is one working generation for all groups of a supervisor; a
+//     group's published count is always the number of sockets the working
+//     generation has in it.
+//   - The policy never holds a copy of a socket: the file handed to AddSocket
 //     is closed before AddSocket returns (a held copy would keep a socket that
 //     the server closed alive in its reuseport group and black-hole traffic).
-//   - Releasing a generation forgets all of its sockets.
+//   - A group without sockets is dropped and its id freed; ids reserved for a
+//     previous supervisor's live groups are never handed out.
 package generations

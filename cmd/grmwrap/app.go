@@ -6,8 +6,11 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/grmwrap/grmwrap/generations"
 )
 
 const usageLine = "grmwrap [OPTIONS] -- COMMAND [ARG...]"
@@ -29,6 +32,11 @@ func runFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringSliceFlag{Name: "listen", Usage: "UDP address to manage, repeatable: HOST:PORT, :PORT, [::]:PORT (default: every UDP bind to a non-zero port)"},
 		&cli.StringFlag{Name: "user", Usage: "run instances as `USER[:GROUP]`"},
+		&cli.StringFlag{Name: "dissector", Value: "flow", Usage: "what a flow is: flow (4-tuple table) or noop (none: every packet to the working generation)"},
+		&cli.DurationFlag{Name: "flow-timeout", Value: 125 * time.Second, Usage: "idle time after which a flow is over"},
+		&cli.UintFlag{Name: "max-flows", Value: 65536, Usage: "flow table size"},
+		&cli.StringFlag{Name: "name", Usage: "name of this service's pinned steering state (default: command name and a hash of the command line)"},
+		&cli.StringFlag{Name: "runtime-dir", Value: "/run/grmwrap", Usage: "directory for locks and control sockets"},
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 	}
@@ -85,10 +93,15 @@ func newApp(args []string) (*cli.App, []string) {
 
 // runConfig is everything `grmwrap run` needs, validated.
 type runConfig struct {
-	command []string
-	listen  []string
-	user    string
-	log     *slog.Logger
+	command     []string
+	listen      []string
+	user        string
+	dissector   generations.Dissector
+	flowTimeout time.Duration
+	maxFlows    uint32
+	name        string
+	runtimeDir  string
+	log         *slog.Logger
 }
 
 func runConfigFrom(c *cli.Context, command []string) (runConfig, error) {
@@ -96,11 +109,31 @@ func runConfigFrom(c *cli.Context, command []string) (runConfig, error) {
 	if err != nil {
 		return runConfig{}, err
 	}
+	dis, err := generations.ParseDissector(c.String("dissector"))
+	if err != nil {
+		return runConfig{}, err
+	}
+	if c.Duration("flow-timeout") < time.Second {
+		return runConfig{}, fmt.Errorf("flow timeout %v: want at least 1s", c.Duration("flow-timeout"))
+	}
+	maxFlows := c.Uint("max-flows")
+	if maxFlows < 1 || maxFlows > 1<<26 {
+		return runConfig{}, fmt.Errorf("max flows %d: want 1 to %d", maxFlows, 1<<26)
+	}
+	name := c.String("name")
+	if strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
+		return runConfig{}, fmt.Errorf("name %q: no slashes", name)
+	}
 	return runConfig{
-		command: command,
-		listen:  c.StringSlice("listen"),
-		user:    c.String("user"),
-		log:     log,
+		command:     command,
+		listen:      c.StringSlice("listen"),
+		user:        c.String("user"),
+		dissector:   dis,
+		flowTimeout: c.Duration("flow-timeout"),
+		maxFlows:    uint32(maxFlows),
+		name:        name,
+		runtimeDir:  c.String("runtime-dir"),
+		log:         log,
 	}, nil
 }
 

@@ -151,9 +151,12 @@ func TestListenSelectsBinds(t *testing.T) {
 	}
 }
 
-// TestTwoInstancesSharePort runs two instances of one command under one
-// supervisor: both bind the same port, both are managed, both get traffic.
-func TestTwoInstancesSharePort(t *testing.T) {
+// TestTwoInstancesSteered runs two instances of one command under one
+// supervisor: both bind the same port and are managed; the data plane sends
+// every flow to the working generation, and after the flip existing flows
+// stay on generation 1 while new ones go to generation 2. A reuseport
+// program the server attaches changes nothing.
+func TestTwoInstancesSteered(t *testing.T) {
 	if !nstest.Enter(t) {
 		return
 	}
@@ -163,18 +166,29 @@ func TestTwoInstancesSharePort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := runConfig{command: []string{bin, strconv.Itoa(port)}, log: testLogger(t)}
+	cfg := runConfig{
+		command: []string{bin, strconv.Itoa(port)}, log: testLogger(t),
+		flowTimeout: time.Minute, maxFlows: 1024, runtimeDir: t.TempDir(),
+	}
 	spec, m, err := prepare(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	spec.Self = os.Args[0]
 	spec.Files = [3]*os.File{os.Stdin, w, os.Stderr}
+	steering, closeDP, err := openSteering(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeDP()
+	if err := steering.SetWorking(1); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s := newSupervisor(cfg.log, spec, m)
+	s := newSupervisor(cfg.log, spec, m, steering)
 	lines := lineReader(out)
-	var pids []int
+	var pids []string
 	for range 2 {
 		inst, err := s.start(ctx)
 		if err != nil {
@@ -188,37 +202,78 @@ func TestTwoInstancesSharePort(t *testing.T) {
 		if r.UDPReuseport != 1 || r.Port != port {
 			t.Fatalf("instance %d: %+v", inst.gen, r)
 		}
-		pids = append(pids, r.PID)
+		pids = append(pids, strconv.Itoa(r.PID))
 	}
 	w.Close()
-	if got := len(s.registry.Sockets(1)) + len(s.registry.Sockets(2)); got != 2 {
-		t.Fatalf("registry holds %d sockets, want one per generation", got)
+	if n1, n2 := len(steering.Sockets(1)), len(steering.Sockets(2)); n1 != 1 || n2 != 1 {
+		t.Fatalf("steering holds %d and %d sockets, want one per generation", n1, n2)
 	}
-	spread := func(what string) {
-		t.Helper()
-		seen := map[string]int{}
-		for i := range 64 {
-			reply := testbin.Echo(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), fmt.Sprint(i), wait)
-			pid, _, _ := strings.Cut(reply, " ")
-			seen[pid]++
-		}
-		for _, pid := range pids {
-			if seen[strconv.Itoa(pid)] == 0 {
-				t.Fatalf("%s: instance %d answered none of 64 flows: %v", what, pid, seen)
-			}
+	server := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}
+	old := openFlows(t, server, 32)
+	for i, c := range old {
+		if got := c.ask(t, "before"); got != pids[0] {
+			t.Fatalf("flow %d answered by %s before the flip, want generation 1 (%s)", i, got, pids[0])
 		}
 	}
-	spread("two instances")
-	// An instance attaching its own reuseport program (classic BPF
-	// "return 0": every datagram to the group's first socket) is answered
-	// with success and has no effect: traffic still reaches both.
-	if got := testbin.Echo(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), "attach-cbpf", wait); !strings.HasSuffix(got, " attach ret=0 errno=0") {
+	// The server's own reuseport program (every datagram to the group's
+	// first socket) is accepted and ignored.
+	if got := old[0].askRaw(t, "attach-cbpf"); !strings.HasSuffix(got, " attach ret=0 errno=0") {
 		t.Fatalf("attach-cbpf: %q", got)
 	}
-	if c := s.handler.Counters()["setsockopt_kept"]; c != 1 {
-		t.Fatalf("setsockopt_kept = %d, want 1", c)
+	if err := steering.SetWorking(2); err != nil {
+		t.Fatal(err)
 	}
-	spread("after the server attached its own program")
+	for i, c := range old {
+		if got := c.ask(t, "after"); got != pids[0] {
+			t.Fatalf("old flow %d moved to %s after the flip, want generation 1 (%s)", i, got, pids[0])
+		}
+	}
+	for i, c := range openFlows(t, server, 32) {
+		if got := c.ask(t, "new"); got != pids[1] {
+			t.Fatalf("new flow %d answered by %s, want generation 2 (%s)", i, got, pids[1])
+		}
+	}
+}
+
+// flow is one client socket: one 4-tuple.
+type flow struct{ c *net.UDPConn }
+
+func openFlows(t *testing.T, to *net.UDPAddr, n int) []flow {
+	t.Helper()
+	out := make([]flow, n)
+	for i := range out {
+		c, err := net.DialUDP("udp", nil, to)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		out[i] = flow{c}
+	}
+	return out
+}
+
+// askRaw sends payload on the flow and returns the whole reply.
+func (f flow) askRaw(t *testing.T, payload string) string {
+	t.Helper()
+	if err := f.c.SetDeadline(time.Now().Add(wait)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.c.Write([]byte(payload)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2048)
+	n, err := f.c.Read(buf)
+	if err != nil {
+		t.Fatalf("no reply on flow %s: %v", f.c.LocalAddr(), err)
+	}
+	return string(buf[:n])
+}
+
+// ask returns the pid of the instance that answered.
+func (f flow) ask(t *testing.T, payload string) string {
+	t.Helper()
+	pid, _, _ := strings.Cut(f.askRaw(t, payload), " ")
+	return pid
 }
 
 type testWriter struct{ t testing.TB }

@@ -64,7 +64,7 @@ type supervisor struct {
 	log      *slog.Logger
 	spec     notify.Spec
 	handler  *notify.Handler
-	registry *generations.Registry
+	steering *generations.Steering
 
 	mu        sync.Mutex
 	instances map[int]*instance // running, by pid
@@ -72,13 +72,12 @@ type supervisor struct {
 	working   *instance
 }
 
-func newSupervisor(log *slog.Logger, spec notify.Spec, m notify.Matcher) *supervisor {
-	reg := generations.NewRegistry()
+func newSupervisor(log *slog.Logger, spec notify.Spec, m notify.Matcher, st *generations.Steering) *supervisor {
 	return &supervisor{
 		log:       log,
 		spec:      spec,
-		handler:   notify.NewHandler(log, m, reg),
-		registry:  reg,
+		handler:   notify.NewHandler(log, m, st),
+		steering:  st,
 		instances: make(map[int]*instance),
 		nextGen:   1,
 	}
@@ -141,7 +140,9 @@ func (s *supervisor) reap() {
 		inst.status = ws
 		close(inst.done)
 		s.handler.Forget(inst.gen)
-		s.registry.Release(inst.gen)
+		if err := s.steering.ReleaseGeneration(inst.gen); err != nil {
+			s.log.Error("release sockets of exited instance", "generation", inst.gen, "err", err)
+		}
 		s.log.Info("instance exited", "generation", inst.gen, "pid", pid, "status", inst.exitCode())
 	}
 }
@@ -220,7 +221,17 @@ func serve(ctx context.Context, cfg runConfig) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s := newSupervisor(cfg.log, spec, m)
+	steering, closeDP, err := openSteering(cfg)
+	if err != nil {
+		return exitError{code: 2, err: err}
+	}
+	defer closeDP()
+	// Generation 1 is working from the start: it is the only one.
+	if err := steering.SetWorking(1); err != nil {
+		return exitError{code: 2, err: err}
+	}
+	s := newSupervisor(cfg.log, spec, m, steering)
+	go s.reconcile(ctx)
 	working, err := s.start(ctx)
 	if err != nil {
 		return exitError{code: 2, err: fmt.Errorf("start %s: %w", cfg.command[0], err)}
@@ -242,6 +253,27 @@ func serve(ctx context.Context, cfg runConfig) error {
 			}()
 			s.stopAll()
 			return exitError{code: working.exitCode()}
+		}
+	}
+}
+
+// reconcileEvery is how often closed sockets are looked for: the data plane
+// already skips them at once (one retry, then the kernel's choice); this
+// repacks the slots.
+const reconcileEvery = 250 * time.Millisecond
+
+// reconcile drops sockets the server closed until ctx ends.
+func (s *supervisor) reconcile(ctx context.Context) {
+	t := time.NewTicker(reconcileEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := s.steering.Reconcile(); err != nil {
+				s.log.Error("reconcile steering", "err", err)
+			}
 		}
 	}
 }
