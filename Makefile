@@ -6,12 +6,27 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all deps build examples test test-unit lint fuzz demo clean
+.PHONY: all deps deps-generate build examples generate generate-check verifier-report test test-unit lint fuzz bench demo clean
 
 all: build
 
 deps:
 	@scripts/deps.sh
+
+deps-generate:
+	@GRMWRAP_DEPS_GENERATE=1 scripts/deps.sh
+
+# Regenerate the BPF objects and their Go bindings with the pinned clang-14.
+generate: deps-generate
+	$(GO) generate ./bpf
+
+# CI: the committed objects must equal a fresh generation.
+generate-check: generate
+	@git diff --exit-code -- bpf/ || { echo "bpf/: committed objects differ from a fresh 'make generate'"; exit 1; }
+
+# Instructions the verifier processed and stack use of the steering program.
+verifier-report: deps
+	$(GO) run ./cmd/grmverifier
 
 build: deps
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/grmwrap ./cmd/grmwrap
