@@ -228,6 +228,30 @@ func (d *DataPlane) FlowCounts(gid uint32, timeout time.Duration) (map[uint32]in
 	return out, nil
 }
 
+// LiveFlows counts, per generation, the flows of the given groups seen
+// within timeout, in one pass over the flow table.
+func (d *DataPlane) LiveFlows(groups map[uint32]bool, timeout time.Duration) (map[uint32]int, error) {
+	now, err := coarseNow()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[uint32]int)
+	var (
+		k reuseportGrmFlowKey
+		v reuseportGrmFlow
+	)
+	it := d.objs.Flows.Iterate()
+	for it.Next(&k, &v) {
+		if groups[k.Group] && now-v.SeenNs <= uint64(timeout.Nanoseconds()) {
+			out[v.Gen]++
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate flows: %w", err)
+	}
+	return out, nil
+}
+
 // coarseNow reads CLOCK_MONOTONIC_COARSE, the clock of
 // bpf_ktime_get_coarse_ns.
 func coarseNow() (uint64, error) {

@@ -75,6 +75,7 @@ type Steering struct {
 	timeout   time.Duration
 
 	mu       sync.Mutex
+	changed  chan struct{} // closed and replaced on every change of sockets
 	working  uint32
 	groups   map[GroupKey]*group
 	reserved map[uint32]bool // group ids in use outside this supervisor
@@ -115,6 +116,7 @@ func NewSteering(log *slog.Logger, dp DataPlane, cfg SteeringConfig) *Steering {
 		groups:    make(map[GroupKey]*group),
 		reserved:  make(map[uint32]bool),
 		byInode:   make(map[uint64]*group),
+		changed:   make(chan struct{}),
 	}
 	for _, id := range cfg.Reserved {
 		s.reserved[id] = true
@@ -149,6 +151,7 @@ func (s *Steering) AddSocket(_ context.Context, sock Socket) error {
 	}
 	g.gens[sock.Generation] = append(g.gens[sock.Generation], member{cookie: cookie, inode: sock.Inode, pid: sock.PID})
 	s.byInode[sock.Inode] = g
+	s.notifyLocked()
 	if sock.Generation == s.working {
 		return s.publishLocked(g)
 	}
@@ -276,18 +279,67 @@ func (s *Steering) removeSlotLocked(g *group, gen uint32, ms []member, i int) ([
 	errs = append(errs, s.dp.DeleteSlot(g.id, gen, uint32(last)))
 	s.dp.RemoveSocket(gone.cookie)
 	delete(s.byInode, gone.inode)
+	s.notifyLocked()
 	s.log.Info("socket left steering", "group", g.key, "generation", gen, "inode", gone.inode)
 	return ms, errors.Join(errs...)
 }
 
+// notifyLocked wakes everyone waiting on Changed.
+func (s *Steering) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// Changed returns a channel that is closed at the next change of sockets.
+func (s *Steering) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+// Bound returns the groups where gen has at least one socket.
+func (s *Steering) Bound(gen uint32) []GroupKey {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []GroupKey
+	for _, g := range s.groups {
+		if len(g.gens[gen]) > 0 {
+			out = append(out, g.key)
+		}
+	}
+	return out
+}
+
+// SocketCount counts gen's sockets in steering.
+func (s *Steering) SocketCount(gen uint32) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, g := range s.groups {
+		n += len(g.gens[gen])
+	}
+	return n
+}
+
+// Released is a socket ReleaseGeneration took out of steering.
+type Released struct {
+	Group GroupKey
+	Inode uint64
+	PID   int
+}
+
 // ReleaseGeneration takes every socket of gen out of steering (its
-// instance has exited, or is being stopped).
-func (s *Steering) ReleaseGeneration(gen uint32) error {
+// instance has exited, or is being stopped) and returns them.
+func (s *Steering) ReleaseGeneration(gen uint32) ([]Released, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var errs []error
+	var out []Released
 	for _, g := range s.groups {
 		ms := g.gens[gen]
+		for _, m := range ms {
+			out = append(out, Released{Group: g.key, Inode: m.inode, PID: m.pid})
+		}
 		for len(ms) > 0 {
 			var err error
 			ms, err = s.removeSlotLocked(g, gen, ms, len(ms)-1)
@@ -296,7 +348,7 @@ func (s *Steering) ReleaseGeneration(gen uint32) error {
 		delete(g.gens, gen)
 		s.dropIfEmptyLocked(g)
 	}
-	return errors.Join(errs...)
+	return out, errors.Join(errs...)
 }
 
 // GroupInfo describes one group for status output.

@@ -16,21 +16,47 @@ import (
 
 // udpEntry is one socket of /proc/net/udp or /proc/net/udp6.
 type udpEntry struct {
-	Family uint16
-	Local  netip.AddrPort
-	Inode  uint64
+	Family  uint16
+	Local   netip.AddrPort
+	Inode   uint64
+	RxQueue uint64 // bytes waiting to be read
 }
 
 // readUDPTables lists the UDP sockets of the current thread's network
 // namespace.
 func readUDPTables() ([]udpEntry, error) {
+	return readUDPTablesAt("/proc/thread-self/net")
+}
+
+// QueuedBytes returns how many bytes wait in the receive queues of the
+// sockets with the given inodes, as seen from the network namespace of
+// process pid.
+func QueuedBytes(pid int, inodes []uint64) (uint64, error) {
+	entries, err := readUDPTablesAt(fmt.Sprintf("/proc/%d/net", pid))
+	if err != nil {
+		return 0, err
+	}
+	want := make(map[uint64]bool, len(inodes))
+	for _, ino := range inodes {
+		want[ino] = true
+	}
+	var total uint64
+	for _, e := range entries {
+		if want[e.Inode] {
+			total += e.RxQueue
+		}
+	}
+	return total, nil
+}
+
+func readUDPTablesAt(dir string) ([]udpEntry, error) {
 	var all []udpEntry
 	for _, t := range []struct {
 		path   string
 		family uint16
 	}{
-		{"/proc/thread-self/net/udp", generations.FamilyINET},
-		{"/proc/thread-self/net/udp6", generations.FamilyINET6},
+		{dir + "/udp", generations.FamilyINET},
+		{dir + "/udp6", generations.FamilyINET6},
 	} {
 		f, err := os.Open(t.path)
 		if os.IsNotExist(err) && t.family == generations.FamilyINET6 {
@@ -73,7 +99,15 @@ func parseUDPTable(r io.Reader, family uint16) ([]udpEntry, error) {
 		if err != nil {
 			return nil, fmt.Errorf("inode %q: %w", fields[9], err)
 		}
-		out = append(out, udpEntry{Family: family, Local: local, Inode: inode})
+		_, rxHex, ok := strings.Cut(fields[4], ":")
+		if !ok {
+			return nil, fmt.Errorf("queues %q: want tx:rx", fields[4])
+		}
+		rx, err := strconv.ParseUint(rxHex, 16, 64)
+		if err != nil {
+			return nil, fmt.Errorf("receive queue %q: %w", rxHex, err)
+		}
+		out = append(out, udpEntry{Family: family, Local: local, Inode: inode, RxQueue: rx})
 	}
 	return out, sc.Err()
 }

@@ -5,7 +5,9 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -35,6 +37,11 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "dissector", Value: "flow", Usage: "what a flow is: flow (4-tuple table) or noop (none: every packet to the working generation)"},
 		&cli.DurationFlag{Name: "flow-timeout", Value: 125 * time.Second, Usage: "idle time after which a flow is over"},
 		&cli.UintFlag{Name: "max-flows", Value: 65536, Usage: "flow table size"},
+		&cli.StringFlag{Name: "ready", Value: "bound", Usage: "when a new generation is ready: bound, notify, delay:DUR or exec:CMD"},
+		&cli.DurationFlag{Name: "ready-timeout", Value: 60 * time.Second, Usage: "longest wait for a new generation to be ready"},
+		&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Minute, Usage: "longest time an old generation keeps its flows"},
+		&cli.StringFlag{Name: "stop-signal", Value: "SIGTERM", Usage: "signal that stops an old generation"},
+		&cli.DurationFlag{Name: "kill-timeout", Value: 10 * time.Second, Usage: "time between the stop signal and SIGKILL"},
 		&cli.StringFlag{Name: "name", Usage: "name of this service's pinned steering state (default: command name and a hash of the command line)"},
 		&cli.StringFlag{Name: "runtime-dir", Value: "/run/grmwrap", Usage: "directory for locks and control sockets"},
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
@@ -63,7 +70,7 @@ func newApp(args []string) (*cli.App, []string) {
 	app := &cli.App{
 		Name:      "grmwrap",
 		Usage:     "zero-downtime restarts for unmodified UDP servers",
-		UsageText: usageLine + "\n" + "grmwrap version",
+		UsageText: usageLine + "\ngrmwrap upgrade PID [--timeout DUR] [-- COMMAND [ARG...]]\ngrmwrap status [PID] [--json]\ngrmwrap version",
 		Flags:     runFlags(),
 		Action:    runAction,
 		Commands: []*cli.Command{
@@ -73,6 +80,26 @@ func newApp(args []string) (*cli.App, []string) {
 				UsageText: "grmwrap run [OPTIONS] -- COMMAND [ARG...]",
 				Flags:     runFlags(),
 				Action:    runAction,
+			},
+			{
+				Name:      "upgrade",
+				Usage:     "start a new generation of the server of PID and move new flows to it",
+				UsageText: "grmwrap upgrade PID [--timeout DUR] [-- COMMAND [ARG...]]",
+				Flags: []cli.Flag{
+					&cli.DurationFlag{Name: "timeout", Usage: "longest wait for the new generation to be ready (default: the supervisor's --ready-timeout)"},
+					&cli.StringFlag{Name: "runtime-dir", Value: "/run/grmwrap", Usage: "where supervisors keep their control sockets"},
+				},
+				Action: func(c *cli.Context) error { return runUpgrade(c, command, dashes) },
+			},
+			{
+				Name:      "status",
+				Usage:     "show generations, groups and counters of one supervisor or all",
+				UsageText: "grmwrap status [PID] [--json]",
+				Flags: []cli.Flag{
+					&cli.BoolFlag{Name: "json", Usage: "stable JSON output"},
+					&cli.StringFlag{Name: "runtime-dir", Value: "/run/grmwrap", Usage: "where supervisors keep their control sockets"},
+				},
+				Action: runStatus,
 			},
 			{
 				Name:   "version",
@@ -93,15 +120,20 @@ func newApp(args []string) (*cli.App, []string) {
 
 // runConfig is everything `grmwrap run` needs, validated.
 type runConfig struct {
-	command     []string
-	listen      []string
-	user        string
-	dissector   generations.Dissector
-	flowTimeout time.Duration
-	maxFlows    uint32
-	name        string
-	runtimeDir  string
-	log         *slog.Logger
+	command      []string
+	listen       []string
+	user         string
+	dissector    generations.Dissector
+	flowTimeout  time.Duration
+	maxFlows     uint32
+	name         string
+	runtimeDir   string
+	ready        readySpec
+	readyTimeout time.Duration
+	drainTimeout time.Duration
+	stopSignal   syscall.Signal
+	killTimeout  time.Duration
+	log          *slog.Logger
 }
 
 func runConfigFrom(c *cli.Context, command []string) (runConfig, error) {
@@ -124,17 +156,53 @@ func runConfigFrom(c *cli.Context, command []string) (runConfig, error) {
 	if strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
 		return runConfig{}, fmt.Errorf("name %q: no slashes", name)
 	}
+	ready, err := parseReady(c.String("ready"))
+	if err != nil {
+		return runConfig{}, err
+	}
+	sig, err := parseSignal(c.String("stop-signal"))
+	if err != nil {
+		return runConfig{}, err
+	}
+	for _, f := range []string{"ready-timeout", "drain-timeout", "kill-timeout"} {
+		if c.Duration(f) <= 0 {
+			return runConfig{}, fmt.Errorf("%s %v: want a positive duration", f, c.Duration(f))
+		}
+	}
 	return runConfig{
-		command:     command,
-		listen:      c.StringSlice("listen"),
-		user:        c.String("user"),
-		dissector:   dis,
-		flowTimeout: c.Duration("flow-timeout"),
-		maxFlows:    uint32(maxFlows),
-		name:        name,
-		runtimeDir:  c.String("runtime-dir"),
-		log:         log,
+		ready:        ready,
+		readyTimeout: c.Duration("ready-timeout"),
+		drainTimeout: c.Duration("drain-timeout"),
+		stopSignal:   sig,
+		killTimeout:  c.Duration("kill-timeout"),
+		command:      command,
+		listen:       c.StringSlice("listen"),
+		user:         c.String("user"),
+		dissector:    dis,
+		flowTimeout:  c.Duration("flow-timeout"),
+		maxFlows:     uint32(maxFlows),
+		name:         name,
+		runtimeDir:   c.String("runtime-dir"),
+		log:          log,
 	}, nil
+}
+
+// signalNames are the signals --stop-signal accepts by name.
+var signalNames = map[string]syscall.Signal{
+	"HUP": syscall.SIGHUP, "INT": syscall.SIGINT, "QUIT": syscall.SIGQUIT, "KILL": syscall.SIGKILL,
+	"USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2, "TERM": syscall.SIGTERM, "ALRM": syscall.SIGALRM,
+	"WINCH": syscall.SIGWINCH, "PWR": syscall.SIGPWR, "CONT": syscall.SIGCONT,
+}
+
+// parseSignal reads a signal name (SIGTERM, TERM) or number.
+func parseSignal(s string) (syscall.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil && n > 0 && n < 65 {
+		return syscall.Signal(n), nil
+	}
+	if sig, ok := signalNames[strings.TrimPrefix(strings.ToUpper(s), "SIG")]; ok {
+		return sig, nil
+	}
+	return 0, fmt.Errorf("stop signal %q: not a signal name or number", s)
 }
 
 // newLogger builds the one logger that is passed down everywhere.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/grmwrap/grmwrap/bpf"
 	"github.com/grmwrap/grmwrap/generations"
+	"github.com/grmwrap/grmwrap/notify"
 )
 
 // bpffsMount is where grmwrap pins its maps (a bpffs is mounted there when
@@ -33,30 +34,41 @@ func stateName(cfg runConfig) string {
 	return base + "-" + hex.EncodeToString(h[:4])
 }
 
-// openSteering loads the data plane with its maps pinned under the state
+// dataPlane joins the steering policy, the eBPF maps and the socket
+// queues into the generations.Sockets the manager drives.
+type dataPlane struct {
+	*generations.Steering
+	bpf    *bpf.DataPlane
+	cfg    runConfig
+	unlock func()
+}
+
+var _ generations.Sockets = (*dataPlane)(nil)
+
+// openDataPlane loads the data plane with its maps pinned under the state
 // name (reopening what a previous supervisor of the same service left),
-// and returns the steering policy over it. Group ids that still have live
-// sockets of a previous supervisor are left alone.
-func openSteering(cfg runConfig) (*generations.Steering, func(), error) {
+// and the steering policy over it. Group ids that still have live sockets
+// of a previous supervisor are left alone.
+func openDataPlane(cfg runConfig) (*dataPlane, error) {
 	name := stateName(cfg)
 	unlock, err := lockState(cfg.runtimeDir, name)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if err := bpf.EnsureBPFFS(bpffsMount); err != nil {
 		unlock()
-		return nil, nil, err
+		return nil, err
 	}
 	dp, err := bpf.Load(bpf.Options{MaxFlows: cfg.maxFlows, PinDir: bpf.PinDir(bpffsMount, name)})
 	if err != nil {
 		unlock()
-		return nil, nil, err
+		return nil, err
 	}
 	live, err := dp.LiveGroups()
 	if err != nil {
 		dp.Close()
 		unlock()
-		return nil, nil, err
+		return nil, err
 	}
 	var reserved []uint32
 	for id := range live {
@@ -71,7 +83,52 @@ func openSteering(cfg runConfig) (*generations.Steering, func(), error) {
 		FlowTimeout: cfg.flowTimeout,
 		Reserved:    reserved,
 	})
-	return st, func() { dp.Close(); unlock() }, nil
+	return &dataPlane{Steering: st, bpf: dp, cfg: cfg, unlock: unlock}, nil
+}
+
+func (d *dataPlane) close() {
+	d.bpf.Close()
+	d.unlock()
+}
+
+// groupIDs returns the ids of this supervisor's groups.
+func (d *dataPlane) groupIDs() map[uint32]bool {
+	ids := make(map[uint32]bool)
+	for _, g := range d.Groups() {
+		ids[g.ID] = true
+	}
+	return ids
+}
+
+// LiveFlows counts gen's flows seen within the flow timeout.
+func (d *dataPlane) LiveFlows(gen uint32) (int, error) {
+	byGen, err := d.bpf.LiveFlows(d.groupIDs(), d.cfg.flowTimeout)
+	if err != nil {
+		return 0, err
+	}
+	return byGen[gen], nil
+}
+
+// Release takes gen's sockets out of steering; queued reports the bytes
+// still waiting in them (0 once their processes are gone).
+func (d *dataPlane) Release(gen uint32) (func() (int, error), error) {
+	released, err := d.ReleaseGeneration(gen)
+	byPID := make(map[int][]uint64)
+	for _, r := range released {
+		byPID[r.PID] = append(byPID[r.PID], r.Inode)
+	}
+	queued := func() (int, error) {
+		total := 0
+		for pid, inodes := range byPID {
+			n, err := notify.QueuedBytes(pid, inodes)
+			if err != nil {
+				continue // the process is gone, and its queues with it
+			}
+			total += int(n)
+		}
+		return total, nil
+	}
+	return queued, err
 }
 
 // lockState takes an exclusive lock on <runtime-dir>/<name>.lock: two

@@ -176,31 +176,33 @@ func TestTwoInstancesSteered(t *testing.T) {
 	}
 	spec.Self = os.Args[0]
 	spec.Files = [3]*os.File{os.Stdin, w, os.Stderr}
-	steering, closeDP, err := openSteering(cfg)
+	dp, err := openDataPlane(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeDP()
+	defer dp.close()
+	steering := dp.Steering
 	if err := steering.SetWorking(1); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s := newSupervisor(cfg.log, spec, m, steering)
+	s := newSupervisor(ctx, cfg.log, spec, m, steering)
 	lines := lineReader(out)
 	var pids []string
-	for range 2 {
-		inst, err := s.start(ctx)
+	for gen := uint32(1); gen <= 2; gen++ {
+		p, err := s.Launch(gen, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = inst.proc.Kill(); _, _ = inst.proc.Wait() })
+		inst := p.(*instance)
+		t.Cleanup(func() { _ = inst.Kill(); _, _ = inst.proc.Wait() })
 		r, err := testbin.ParseReady(nextLine(t, lines))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if r.UDPReuseport != 1 || r.Port != port {
-			t.Fatalf("instance %d: %+v", inst.gen, r)
+			t.Fatalf("instance %d: %+v", gen, r)
 		}
 		pids = append(pids, strconv.Itoa(r.PID))
 	}

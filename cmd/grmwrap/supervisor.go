@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"sync"
 	"syscall"
@@ -15,9 +16,6 @@ import (
 	"github.com/grmwrap/grmwrap/notify"
 )
 
-// stopTimeout is how long an instance told to stop gets before SIGKILL.
-const stopTimeout = 10 * time.Second
-
 // forwarded are the signals the supervisor passes on. SIGURG is never among
 // them (the Go runtime preempts goroutines with it), nor SIGCHLD (the
 // reaper's) nor SIGPIPE (grmwrap's own broken pipes).
@@ -26,26 +24,48 @@ var forwarded = []os.Signal{
 	syscall.SIGTERM, syscall.SIGALRM, syscall.SIGWINCH, syscall.SIGCONT, syscall.SIGPWR,
 }
 
-// stopping are the forwarded signals that go to every instance: they stop
-// the service, not one instance.
+// stopping are the signals that stop the whole service, every instance.
 func stopping(sig os.Signal) bool {
 	return sig == syscall.SIGTERM || sig == syscall.SIGINT || sig == syscall.SIGQUIT
 }
 
-// instance is one run of the server's command line.
+// instance is one run of the server's command line: a generations.Process.
 type instance struct {
 	gen  uint32
 	proc *os.Process
 	// done is closed once the process has been reaped; status is valid then.
 	done   chan struct{}
 	status syscall.WaitStatus
-	// served is closed when the notification loop has ended.
-	served chan struct{}
 }
 
-// exitCode is the status the supervisor reports for an instance: its exit
-// code, or 128+N when signal N killed it.
-func (i *instance) exitCode() int {
+func (i *instance) Pid() int              { return i.proc.Pid }
+func (i *instance) Done() <-chan struct{} { return i.done }
+
+// Signal signals the main process. The handle is a pidfd: a reaped
+// instance reports an error instead of signalling a recycled pid.
+func (i *instance) Signal(sig syscall.Signal) error {
+	if err := i.proc.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return err
+	}
+	return nil
+}
+
+// Kill kills the instance's process group (its workers too), while the main
+// process is not yet reaped, so the group id cannot have been recycled.
+func (i *instance) Kill() error {
+	select {
+	case <-i.done:
+		return nil
+	default:
+	}
+	if err := syscall.Kill(-i.proc.Pid, syscall.SIGKILL); err != nil {
+		return i.proc.Kill()
+	}
+	return nil
+}
+
+// ExitCode is the exit status, or 128+N when signal N killed it.
+func (i *instance) ExitCode() int {
 	switch {
 	case i.status.Exited():
 		return i.status.ExitStatus()
@@ -55,71 +75,112 @@ func (i *instance) exitCode() int {
 	return 1
 }
 
-// supervisor starts instances, reaps every child, forwards signals and
-// answers the instances' trapped syscalls.
+// supervisor starts instances (a generations.Launcher), reaps every child
+// and answers the instances' trapped syscalls.
 //
 // It owns wait: it reaps with wait4(-1), so nothing else in the process may
-// start children through os/exec (their statuses would be taken).
+// start children through os/exec's Wait; children are started through
+// spawn, which hands their status to a waiter.
 type supervisor struct {
+	ctx      context.Context
 	log      *slog.Logger
 	spec     notify.Spec
 	handler  *notify.Handler
 	steering *generations.Steering
+	notifier *notifySockets // per-instance NOTIFY_SOCKET, nil unless --ready notify
 
-	mu        sync.Mutex
-	instances map[int]*instance // running, by pid
-	nextGen   uint32
-	working   *instance
+	mu      sync.Mutex
+	waiters map[int]func(syscall.WaitStatus) // by pid: instances and probes
 }
 
-func newSupervisor(log *slog.Logger, spec notify.Spec, m notify.Matcher, st *generations.Steering) *supervisor {
+func newSupervisor(ctx context.Context, log *slog.Logger, spec notify.Spec, m notify.Matcher, st *generations.Steering) *supervisor {
 	return &supervisor{
-		log:       log,
-		spec:      spec,
-		handler:   notify.NewHandler(log, m, st),
-		steering:  st,
-		instances: make(map[int]*instance),
-		nextGen:   1,
+		ctx:      ctx,
+		log:      log,
+		spec:     spec,
+		handler:  notify.NewHandler(log, m, st),
+		steering: st,
+		waiters:  make(map[int]func(syscall.WaitStatus)),
 	}
 }
 
-// start starts the next generation of the server. The first one started is
-// the working instance.
-func (s *supervisor) start(ctx context.Context) (*instance, error) {
-	// Holding mu while starting keeps the reaper from seeing the pid before
-	// it is known.
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	child, err := notify.Start(s.spec)
+// Launch starts generation gen: the configured command line, or argv. The
+// executable is looked up afresh, so a replaced binary is picked up.
+func (s *supervisor) Launch(gen uint32, argv []string) (generations.Process, error) {
+	spec := s.spec
+	if len(argv) == 0 {
+		argv = spec.Argv
+	}
+	path, err := exec.LookPath(argv[0])
 	if err != nil {
+		return nil, fmt.Errorf("command %q: %w", argv[0], err)
+	}
+	spec.Path, spec.Argv = path, argv
+	if s.notifier != nil {
+		env, err := s.notifier.open(gen)
+		if err != nil {
+			return nil, err
+		}
+		spec.Env = append(withoutEnv(spec.Env, "NOTIFY_SOCKET"), env)
+	}
+	inst := &instance{gen: gen, done: make(chan struct{})}
+	// Holding mu while starting keeps the reaper from seeing the pid
+	// before its waiter is known.
+	s.mu.Lock()
+	child, err := notify.Start(spec)
+	if err != nil {
+		s.mu.Unlock()
+		s.notifier.close(gen)
 		return nil, err
 	}
-	inst := &instance{
-		gen:    s.nextGen,
-		proc:   child.Process,
-		done:   make(chan struct{}),
-		served: make(chan struct{}),
+	inst.proc = child.Process
+	s.waiters[child.Process.Pid] = func(ws syscall.WaitStatus) {
+		inst.status = ws
+		s.handler.Forget(gen)
+		if _, err := s.steering.ReleaseGeneration(gen); err != nil {
+			s.log.Error("release sockets of exited instance", "generation", gen, "err", err)
+		}
+		s.notifier.close(gen)
+		close(inst.done)
 	}
-	s.nextGen++
-	s.instances[child.Process.Pid] = inst
-	if s.working == nil {
-		s.working = inst
-	}
+	s.mu.Unlock()
 	if !child.Killable {
 		s.log.Warn("kernel lacks SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: a signal during a bind makes the kernel repeat it (handled)")
 	}
 	go func() {
-		defer close(inst.served)
-		if err := s.handler.Serve(ctx, child.Listener, inst.gen); err != nil {
-			s.log.Error("notification loop ended", "generation", inst.gen, "err", err)
+		if err := s.handler.Serve(s.ctx, child.Listener, gen); err != nil {
+			s.log.Error("notification loop ended", "generation", gen, "err", err)
 		}
 	}()
-	s.log.Info("instance started", "generation", inst.gen, "pid", child.Process.Pid, "command", s.spec.Argv)
+	s.log.Info("instance started", "generation", gen, "pid", child.Process.Pid, "command", argv)
 	return inst, nil
 }
 
-// reap collects every child that has exited: instances, and orphans that
-// the kernel hands to grmwrap as a child subreaper.
+// spawn starts a helper process (a readiness probe) whose status the reaper
+// hands to the returned channel.
+func (s *supervisor) spawn(argv []string, env []string) (*os.Process, <-chan syscall.WaitStatus, error) {
+	ch := make(chan syscall.WaitStatus, 1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer devnull.Close()
+	p, err := os.StartProcess(argv[0], argv, &os.ProcAttr{
+		Env:   env,
+		Files: []*os.File{devnull, os.Stderr, os.Stderr},
+		Sys:   &syscall.SysProcAttr{Setpgid: true},
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	s.waiters[p.Pid] = func(ws syscall.WaitStatus) { ch <- ws }
+	return p, ch, nil
+}
+
+// reap collects every child that has exited: instances, probes, and
+// orphans that the kernel hands to grmwrap as a child subreaper.
 func (s *supervisor) reap() {
 	for {
 		var ws syscall.WaitStatus
@@ -131,128 +192,23 @@ func (s *supervisor) reap() {
 			return // ECHILD: no children; 0: none exited yet
 		}
 		s.mu.Lock()
-		inst := s.instances[pid]
-		delete(s.instances, pid)
+		w := s.waiters[pid]
+		delete(s.waiters, pid)
 		s.mu.Unlock()
-		if inst == nil {
-			continue // an orphan of an instance
-		}
-		inst.status = ws
-		close(inst.done)
-		s.handler.Forget(inst.gen)
-		if err := s.steering.ReleaseGeneration(inst.gen); err != nil {
-			s.log.Error("release sockets of exited instance", "generation", inst.gen, "err", err)
-		}
-		s.log.Info("instance exited", "generation", inst.gen, "pid", pid, "status", inst.exitCode())
-	}
-}
-
-// running returns the instances not yet reaped.
-func (s *supervisor) running() []*instance {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]*instance, 0, len(s.instances))
-	for _, i := range s.instances {
-		out = append(out, i)
-	}
-	return out
-}
-
-// forward passes sig on: stopping signals to every instance, the others to
-// the working one.
-func (s *supervisor) forward(sig os.Signal) {
-	targets := s.running()
-	if !stopping(sig) {
-		s.mu.Lock()
-		w := s.working
-		s.mu.Unlock()
-		targets = nil
 		if w != nil {
-			targets = []*instance{w}
-		}
-	}
-	for _, i := range targets {
-		// The process handle is a pidfd: a reaped instance reports an
-		// error instead of signalling a recycled pid.
-		if err := i.proc.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
-			s.log.Warn("forward signal", "signal", sig, "generation", i.gen, "err", err)
+			w(ws)
 		}
 	}
 }
 
-// stopAll sends SIGTERM to every running instance and SIGKILL to those
-// still running after stopTimeout. It returns once all were reaped.
-func (s *supervisor) stopAll() {
-	insts := s.running()
-	for _, i := range insts {
-		_ = i.proc.Signal(syscall.SIGTERM) // ErrProcessDone: already gone
-	}
-	deadline := time.After(stopTimeout)
-	for _, i := range insts {
-		select {
-		case <-i.done:
-		case <-deadline:
-			s.log.Warn("instance did not stop in time: killing", "generation", i.gen, "pid", i.proc.Pid)
-			_ = i.proc.Kill()
-			<-i.done
-		}
-	}
-}
-
-// serve runs the command under supervision until the working instance
-// exits, and returns its status as an exitError.
-func serve(ctx context.Context, cfg runConfig) error {
-	spec, m, err := prepare(cfg)
-	if err != nil {
-		return exitError{code: 2, err: err}
-	}
-	if err := notify.Preflight(spec.Cred != nil); err != nil {
-		return exitError{code: 2, err: err}
-	}
-	if err := setChildSubreaper(); err != nil {
-		return exitError{code: 2, err: err}
-	}
-	sigs := make(chan os.Signal, 16)
-	signal.Notify(sigs, forwarded...)
-	defer signal.Stop(sigs)
-	chld := make(chan os.Signal, 1)
-	signal.Notify(chld, syscall.SIGCHLD)
-	defer signal.Stop(chld)
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	steering, closeDP, err := openSteering(cfg)
-	if err != nil {
-		return exitError{code: 2, err: err}
-	}
-	defer closeDP()
-	// Generation 1 is working from the start: it is the only one.
-	if err := steering.SetWorking(1); err != nil {
-		return exitError{code: 2, err: err}
-	}
-	s := newSupervisor(cfg.log, spec, m, steering)
-	go s.reconcile(ctx)
-	working, err := s.start(ctx)
-	if err != nil {
-		return exitError{code: 2, err: fmt.Errorf("start %s: %w", cfg.command[0], err)}
-	}
+// reapLoop reaps on every SIGCHLD until ctx ends.
+func (s *supervisor) reapLoop(ctx context.Context, chld <-chan os.Signal) {
 	for {
 		select {
-		case sig := <-sigs:
-			s.log.Info("forwarding signal", "signal", sig)
-			s.forward(sig)
+		case <-ctx.Done():
+			return
 		case <-chld:
 			s.reap()
-		case <-working.done:
-			// The service is down with its working instance: stop the rest
-			// and report the working instance's status.
-			go func() {
-				for range chld {
-					s.reap()
-				}
-			}()
-			s.stopAll()
-			return exitError{code: working.exitCode()}
 		}
 	}
 }
@@ -278,6 +234,88 @@ func (s *supervisor) reconcile(ctx context.Context) {
 	}
 }
 
+// serve runs the command under supervision until the working instance
+// exits or a stop signal arrives, and returns the working instance's status
+// as an exitError.
+func serve(ctx context.Context, cfg runConfig) error {
+	spec, m, err := prepare(cfg)
+	if err != nil {
+		return exitError{code: 2, err: err}
+	}
+	if err := notify.Preflight(spec.Cred != nil); err != nil {
+		return exitError{code: 2, err: err}
+	}
+	if err := setChildSubreaper(); err != nil {
+		return exitError{code: 2, err: err}
+	}
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, forwarded...)
+	defer signal.Stop(sigs)
+	chld := make(chan os.Signal, 1)
+	signal.Notify(chld, syscall.SIGCHLD)
+	defer signal.Stop(chld)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	dp, err := openDataPlane(cfg)
+	if err != nil {
+		return exitError{code: 2, err: err}
+	}
+	defer dp.close()
+	s := newSupervisor(ctx, cfg.log, spec, m, dp.Steering)
+	if cfg.ready.mode == readyNotify {
+		if s.notifier, err = newNotifySockets(cfg.runtimeDir); err != nil {
+			return exitError{code: 2, err: err}
+		}
+		defer s.notifier.shutdown()
+	}
+	go s.reapLoop(ctx, chld)
+	go s.reconcile(ctx)
+	mgr := generations.NewManager(cfg.log, generations.Config{
+		ReadyTimeout: cfg.readyTimeout,
+		DrainTimeout: cfg.drainTimeout,
+		KillTimeout:  cfg.killTimeout,
+		StopSignal:   cfg.stopSignal,
+		NoFlows:      cfg.dissector == generations.DissectorNoop,
+	}, s, dp, readinessFor(cfg.ready, dp, s))
+	ready := make(chan error, 1)
+	if err := mgr.Start(ctx, ready); err != nil {
+		return exitError{code: 2, err: fmt.Errorf("start %s: %w", cfg.command[0], err)}
+	}
+	ctl, err := listenControl(cfg.runtimeDir, cfg.log, mgr, dp, s.handler)
+	if err != nil {
+		code := mgr.Stop(syscall.SIGTERM)
+		return exitError{code: code, err: err}
+	}
+	defer ctl.Close()
+	for {
+		select {
+		case err := <-ready:
+			if err != nil {
+				s.log.Warn("generation 1 not ready", "err", err)
+			} else {
+				s.log.Info("generation 1 ready")
+			}
+		case sig := <-sigs:
+			ssig := sig.(syscall.Signal)
+			if stopping(sig) {
+				s.log.Info("stopping: forwarding to every instance", "signal", sig)
+				return exitError{code: mgr.Stop(ssig)}
+			}
+			s.log.Info("forwarding signal to the working instance", "signal", sig)
+			if err := mgr.Forward(ssig); err != nil {
+				s.log.Warn("forward signal", "signal", sig, "err", err)
+			}
+		case <-mgr.WorkingExited():
+			// The service is down with its working instance: stop the rest
+			// and report the working instance's status.
+			code := mgr.ExitCode()
+			mgr.Stop(syscall.SIGTERM)
+			return exitError{code: code}
+		}
+	}
+}
+
 // setChildSubreaper makes orphaned descendants of instances grmwrap's
 // children, so that it reaps them.
 func setChildSubreaper() error {
@@ -286,4 +324,16 @@ func setChildSubreaper() error {
 		return fmt.Errorf("become child subreaper: %w", errno)
 	}
 	return nil
+}
+
+// withoutEnv drops the variable name from env.
+func withoutEnv(env []string, name string) []string {
+	out := make([]string, 0, len(env))
+	for _, e := range env {
+		if len(e) > len(name) && e[:len(name)] == name && e[len(name)] == '=' {
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
 }

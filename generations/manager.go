@@ -1,0 +1,504 @@
+package generations
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// State is where a generation is in its life.
+type State string
+
+// The states of a generation. starting -> working -> draining -> stopping
+// -> exited; starting -> failed (rolled back); any -> exited when the
+// process ends.
+const (
+	StateStarting State = "starting"
+	StateWorking  State = "working"
+	StateDraining State = "draining"
+	StateStopping State = "stopping"
+	StateExited   State = "exited"
+	StateFailed   State = "failed"
+)
+
+// Process is a started instance as the manager sees it.
+type Process interface {
+	Pid() int
+	// Signal sends sig to the instance's main process.
+	Signal(sig syscall.Signal) error
+	// Kill sends SIGKILL to the instance's whole process group.
+	Kill() error
+	// Done is closed when the main process has exited.
+	Done() <-chan struct{}
+	// ExitCode is valid once Done is closed: the exit status, or 128+N
+	// when signal N killed it.
+	ExitCode() int
+}
+
+// Launcher starts generation gen of the server with argv (nil: the
+// supervisor's own command line).
+type Launcher interface {
+	Launch(gen uint32, argv []string) (Process, error)
+}
+
+// Sockets is what the manager needs of the steering state.
+type Sockets interface {
+	// SetWorking makes gen receive every new flow (one write per group).
+	SetWorking(gen uint32) error
+	// Bound returns the addresses where gen has at least one socket.
+	Bound(gen uint32) []GroupKey
+	// Changed is closed (and replaced) whenever sockets come or go.
+	Changed() <-chan struct{}
+	// LiveFlows counts gen's flows seen within the flow timeout.
+	LiveFlows(gen uint32) (int, error)
+	// SocketCount counts gen's sockets in steering.
+	SocketCount(gen uint32) int
+	// Release takes gen's sockets out of steering; queued then reports how
+	// many datagrams still wait in them.
+	Release(gen uint32) (queued func() (int, error), err error)
+}
+
+// Readiness decides when a starting generation is ready.
+type Readiness interface {
+	// Wait returns nil once gen is ready, or an error saying why not
+	// (ctx's deadline included).
+	Wait(ctx context.Context, gen uint32, p Process) error
+}
+
+// ErrUpgradeInProgress refuses a second concurrent upgrade.
+var ErrUpgradeInProgress = errors.New("an upgrade is already in progress")
+
+// ErrNotRunning refuses an upgrade before the first generation runs or
+// after the service stopped.
+var ErrNotRunning = errors.New("the service is not running")
+
+// Config tunes the manager.
+type Config struct {
+	ReadyTimeout time.Duration
+	DrainTimeout time.Duration
+	KillTimeout  time.Duration
+	StopSignal   syscall.Signal
+	// NoFlows is set for the noop dissector: a draining generation has no
+	// flows to wait for and is stopped at once.
+	NoFlows bool
+	// DrainPoll is how often a draining generation's flows are counted.
+	DrainPoll time.Duration
+	// QuiesceLimit bounds the wait for a released generation's receive
+	// queues to empty (default KillTimeout).
+	QuiesceLimit time.Duration
+	// History is how many ended generations status keeps (default 16).
+	History int
+}
+
+// Manager runs the generations of one service: the first start, upgrades
+// with readiness and rollback, drains and quiesces. Safe for concurrent
+// use.
+type Manager struct {
+	log     *slog.Logger
+	cfg     Config
+	launch  Launcher
+	sockets Sockets
+	ready   Readiness
+
+	mu        sync.Mutex
+	gens      []*generation // in start order, live and recent
+	working   *generation
+	next      uint32
+	upgrading bool
+	stopping  bool
+	// workingExit is closed when the working generation's process exits
+	// (not during a stop).
+	workingExit chan struct{}
+	exitCode    int
+	drains      sync.WaitGroup
+}
+
+type generation struct {
+	n       uint32
+	proc    Process
+	state   State
+	started time.Time
+	reason  string // why it failed
+}
+
+// NewManager returns a manager; call Start to run generation 1.
+func NewManager(log *slog.Logger, cfg Config, l Launcher, s Sockets, r Readiness) *Manager {
+	if cfg.DrainPoll == 0 {
+		cfg.DrainPoll = time.Second
+	}
+	if cfg.QuiesceLimit == 0 {
+		cfg.QuiesceLimit = cfg.KillTimeout
+	}
+	if cfg.History == 0 {
+		cfg.History = 16
+	}
+	if cfg.StopSignal == 0 {
+		cfg.StopSignal = syscall.SIGTERM
+	}
+	return &Manager{log: log, cfg: cfg, launch: l, sockets: s, ready: r, next: 1, workingExit: make(chan struct{})}
+}
+
+// Start launches generation 1 and makes it working at once (it is the only
+// one). ready, if not nil, receives the result of its readiness.
+func (m *Manager) Start(ctx context.Context, ready chan<- error) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.next != 1 {
+		return errors.New("already started")
+	}
+	if err := m.sockets.SetWorking(1); err != nil {
+		return fmt.Errorf("make generation 1 working: %w", err)
+	}
+	p, err := m.launch.Launch(1, nil)
+	if err != nil {
+		return err
+	}
+	g := &generation{n: 1, proc: p, state: StateWorking, started: time.Now()}
+	m.next = 2
+	m.gens = append(m.gens, g)
+	m.working = g
+	go m.watch(g)
+	if ready != nil {
+		go func() {
+			rctx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
+			defer cancel()
+			ready <- m.ready.Wait(rctx, 1, p)
+		}()
+	}
+	return nil
+}
+
+// watch marks g exited when its process ends.
+func (m *Manager) watch(g *generation) {
+	<-g.proc.Done()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if g.state != StateFailed {
+		g.state = StateExited
+	}
+	m.log.Info("generation exited", "generation", g.n, "pid", g.proc.Pid(), "status", g.proc.ExitCode())
+	if g == m.working && !m.stopping {
+		m.exitCode = g.proc.ExitCode()
+		close(m.workingExit)
+	}
+	m.pruneLocked()
+}
+
+// WorkingExited is closed when the working generation exits on its own:
+// the service is down and the supervisor should stop.
+func (m *Manager) WorkingExited() <-chan struct{} { return m.workingExit }
+
+// Upgrade starts a new generation (argv nil: the same command line), waits
+// for it to be ready within timeout (0: ReadyTimeout), then makes it
+// working and drains the old one. On failure the new generation is stopped
+// and removed and the old one stays working; the error says why.
+func (m *Manager) Upgrade(ctx context.Context, argv []string, timeout time.Duration) (uint32, error) {
+	m.mu.Lock()
+	if m.working == nil || m.stopping {
+		m.mu.Unlock()
+		return 0, ErrNotRunning
+	}
+	if m.upgrading {
+		m.mu.Unlock()
+		return 0, ErrUpgradeInProgress
+	}
+	m.upgrading = true
+	n := m.next
+	m.next++
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.upgrading = false
+		m.mu.Unlock()
+	}()
+
+	start := time.Now()
+	m.log.Info("upgrade: starting generation", "generation", n)
+	p, err := m.launch.Launch(n, argv)
+	if err != nil {
+		m.log.Error("upgrade failed: could not start generation", "generation", n, "err", err)
+		return 0, fmt.Errorf("start generation %d: %w", n, err)
+	}
+	g := &generation{n: n, proc: p, state: StateStarting, started: start}
+	m.mu.Lock()
+	m.gens = append(m.gens, g)
+	m.mu.Unlock()
+	go m.watch(g)
+
+	if timeout <= 0 || timeout > m.cfg.ReadyTimeout {
+		timeout = m.cfg.ReadyTimeout
+	}
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	readyErr := make(chan error, 1)
+	go func() { readyErr <- m.ready.Wait(rctx, n, p) }()
+	var why error
+	select {
+	case err := <-readyErr:
+		why = err
+		select {
+		case <-p.Done():
+			if why == nil {
+				why = fmt.Errorf("generation %d exited with status %d", n, p.ExitCode())
+			}
+		default:
+		}
+	case <-p.Done():
+		cancel()
+		why = fmt.Errorf("generation %d exited with status %d before it was ready", n, p.ExitCode())
+	}
+	if why != nil {
+		m.rollback(g, why)
+		return 0, why
+	}
+
+	m.mu.Lock()
+	if m.stopping {
+		m.mu.Unlock()
+		m.rollback(g, ErrNotRunning)
+		return 0, ErrNotRunning
+	}
+	flip := time.Now()
+	if err := m.sockets.SetWorking(n); err != nil {
+		m.mu.Unlock()
+		// Some groups may already point at n: point them all back.
+		err = fmt.Errorf("make generation %d working: %w", n, err)
+		if berr := m.sockets.SetWorking(m.working.n); berr != nil {
+			err = errors.Join(err, fmt.Errorf("restore generation %d: %w", m.working.n, berr))
+		}
+		m.rollback(g, err)
+		return 0, err
+	}
+	old := m.working
+	old.state = StateDraining
+	g.state = StateWorking
+	m.working = g
+	m.drains.Add(1)
+	m.mu.Unlock()
+	m.log.Info("upgrade: generation working", "generation", n, "pid", p.Pid(), "previous", old.n,
+		"ready_after", flip.Sub(start).Round(time.Microsecond), "flip", time.Since(flip).Round(time.Microsecond))
+	go m.drain(old)
+	return n, nil
+}
+
+// rollback stops a generation that did not become working and takes its
+// sockets out.
+func (m *Manager) rollback(g *generation, why error) {
+	m.log.Error("upgrade failed: rolling back", "generation", g.n, "reason", why)
+	m.mu.Lock()
+	g.state = StateFailed
+	g.reason = why.Error()
+	m.mu.Unlock()
+	if _, err := m.sockets.Release(g.n); err != nil {
+		m.log.Error("rollback: release sockets", "generation", g.n, "err", err)
+	}
+	m.stop(g)
+	m.log.Info("rollback done: previous generation still working", "generation", g.n)
+}
+
+// drain waits until g's flows are idle (or the drain timeout), then
+// quiesces and stops it.
+func (m *Manager) drain(g *generation) {
+	defer m.drains.Done()
+	deadline := time.Now().Add(m.cfg.DrainTimeout)
+	if !m.cfg.NoFlows {
+		t := time.NewTicker(m.cfg.DrainPoll)
+	wait:
+		for {
+			flows, err := m.sockets.LiveFlows(g.n)
+			switch {
+			case err != nil:
+				m.log.Error("drain: count flows", "generation", g.n, "err", err)
+			case flows == 0:
+				m.log.Info("drain: no live flows left", "generation", g.n)
+				break wait
+			}
+			if time.Now().After(deadline) {
+				m.log.Warn("drain: timeout, stopping with live flows", "generation", g.n, "flows", flows)
+				break
+			}
+			select {
+			case <-t.C:
+			case <-g.proc.Done():
+				break wait
+			}
+		}
+		t.Stop()
+	}
+	m.quiesce(g)
+}
+
+// quiesce takes g out of steering, lets its receive queues empty (bounded),
+// then stops it.
+func (m *Manager) quiesce(g *generation) {
+	m.mu.Lock()
+	if g.state == StateDraining {
+		g.state = StateStopping
+	}
+	m.mu.Unlock()
+	queued, err := m.sockets.Release(g.n)
+	if err != nil {
+		m.log.Error("quiesce: release sockets", "generation", g.n, "err", err)
+	}
+	if queued != nil {
+		limit := time.Now().Add(m.cfg.QuiesceLimit)
+		for {
+			n, err := queued()
+			if err != nil || n == 0 {
+				break
+			}
+			if time.Now().After(limit) {
+				m.log.Warn("quiesce: receive queues not empty, stopping anyway", "generation", g.n, "queued", n)
+				break
+			}
+			select {
+			case <-g.proc.Done():
+			case <-time.After(5 * time.Millisecond):
+				continue
+			}
+			break
+		}
+	}
+	m.log.Info("quiesce done: stopping generation", "generation", g.n, "signal", m.cfg.StopSignal)
+	m.stop(g)
+}
+
+// stop sends the stop signal, then SIGKILL after the kill timeout, and
+// returns once the process has exited.
+func (m *Manager) stop(g *generation) {
+	select {
+	case <-g.proc.Done():
+		return
+	default:
+	}
+	if err := g.proc.Signal(m.cfg.StopSignal); err != nil {
+		m.log.Debug("stop signal", "generation", g.n, "err", err)
+	}
+	select {
+	case <-g.proc.Done():
+	case <-time.After(m.cfg.KillTimeout):
+		m.log.Warn("generation did not stop in time: killing", "generation", g.n, "pid", g.proc.Pid())
+		_ = g.proc.Kill() // ESRCH: it just exited
+		<-g.proc.Done()
+	}
+}
+
+// Forward passes sig to the working generation.
+func (m *Manager) Forward(sig syscall.Signal) error {
+	m.mu.Lock()
+	w := m.working
+	m.mu.Unlock()
+	if w == nil {
+		return ErrNotRunning
+	}
+	return w.proc.Signal(sig)
+}
+
+// Stop stops every generation with sig (SIGKILL after the kill timeout) and
+// returns the working generation's exit status.
+func (m *Manager) Stop(sig syscall.Signal) int {
+	m.mu.Lock()
+	m.stopping = true
+	live := make([]*generation, 0, len(m.gens))
+	for _, g := range m.gens {
+		select {
+		case <-g.proc.Done():
+		default:
+			live = append(live, g)
+		}
+	}
+	w := m.working
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, g := range live {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := g.proc.Signal(sig); err != nil {
+				m.log.Debug("stop signal", "generation", g.n, "err", err)
+			}
+			select {
+			case <-g.proc.Done():
+			case <-time.After(m.cfg.KillTimeout):
+				m.log.Warn("generation did not stop in time: killing", "generation", g.n)
+				_ = g.proc.Kill()
+				<-g.proc.Done()
+			}
+		}()
+	}
+	wg.Wait()
+	if w == nil {
+		return 0
+	}
+	return w.proc.ExitCode()
+}
+
+// ExitCode is the working generation's status once WorkingExited is closed.
+func (m *Manager) ExitCode() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.exitCode
+}
+
+// pruneLocked forgets the oldest ended generations beyond the history.
+func (m *Manager) pruneLocked() {
+	ended := 0
+	for _, g := range m.gens {
+		if g.state == StateExited || g.state == StateFailed {
+			ended++
+		}
+	}
+	for i := 0; ended > m.cfg.History && i < len(m.gens); {
+		g := m.gens[i]
+		if g.state == StateExited || g.state == StateFailed {
+			m.gens = slices.Delete(m.gens, i, i+1)
+			ended--
+			continue
+		}
+		i++
+	}
+}
+
+// GenerationStatus is one generation in Status.
+type GenerationStatus struct {
+	Generation uint32 `json:"generation"`
+	PID        int    `json:"pid"`
+	State      State  `json:"state"`
+	Sockets    int    `json:"sockets"`
+	Flows      int    `json:"flows"`
+	Reason     string `json:"reason,omitempty"`
+}
+
+// Status reports every live and recent generation.
+func (m *Manager) Status() (working uint32, gens []GenerationStatus) {
+	m.mu.Lock()
+	list := slices.Clone(m.gens)
+	if m.working != nil {
+		working = m.working.n
+	}
+	states := make([]State, len(list))
+	reasons := make([]string, len(list))
+	for i, g := range list {
+		states[i], reasons[i] = g.state, g.reason
+	}
+	m.mu.Unlock()
+	for i, g := range list {
+		gs := GenerationStatus{Generation: g.n, PID: g.proc.Pid(), State: states[i], Reason: reasons[i]}
+		if states[i] != StateExited && states[i] != StateFailed {
+			gs.Sockets = m.sockets.SocketCount(g.n)
+			if !m.cfg.NoFlows {
+				gs.Flows, _ = m.sockets.LiveFlows(g.n) // best effort for status
+			}
+		}
+		gens = append(gens, gs)
+	}
+	return working, gens
+}
+
+// Wait returns once every drain has finished.
+func (m *Manager) Wait() { m.drains.Wait() }
