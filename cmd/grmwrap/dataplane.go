@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/grmwrap/grmwrap/bpf"
 	"github.com/grmwrap/grmwrap/generations"
@@ -59,7 +60,10 @@ func openDataPlane(cfg runConfig) (*dataPlane, error) {
 		unlock()
 		return nil, err
 	}
-	dp, err := bpf.Load(bpf.Options{MaxFlows: cfg.maxFlows, PinDir: bpf.PinDir(bpffsMount, name)})
+	// A flow's last-seen time must be refreshed well within the flow
+	// timeout, or live flows would look idle.
+	refresh := min(time.Second, cfg.flowTimeout/8)
+	dp, err := bpf.Load(bpf.Options{MaxFlows: cfg.maxFlows, PinDir: bpf.PinDir(bpffsMount, name), Refresh: refresh})
 	if err != nil {
 		unlock()
 		return nil, err
