@@ -30,6 +30,7 @@ verifier-report: deps
 
 build: deps
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/grmwrap ./cmd/grmwrap
+	$(GO) build -o bin/grmload ./cmd/grmload
 
 # The bundled example server: the C echo server the tests use.
 examples: deps
