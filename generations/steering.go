@@ -136,12 +136,12 @@ func (s *Steering) AddSocket(_ context.Context, sock Socket) error {
 	if _, ok := s.byInode[sock.Inode]; ok {
 		return nil
 	}
+	if sock.File == nil {
+		return fmt.Errorf("socket of %s: no file", sock.Group)
+	}
 	g, err := s.groupLocked(sock.Group)
 	if err != nil {
 		return err
-	}
-	if sock.File == nil {
-		return fmt.Errorf("socket of %s: no file", sock.Group)
 	}
 	slot := uint32(len(g.gens[sock.Generation]))
 	cookie, err := s.dp.AddSocket(g.id, sock.Generation, slot, sock.File)
