@@ -7,7 +7,23 @@
 // SocketSink; the eBPF data plane sits behind DataPlane. Every policy test
 // runs unprivileged against fakes.
 //
+// Manager runs the generations of one service through their states:
+// starting -> working -> draining -> stopping -> exited, or starting ->
+// failed when an upgrade is rolled back.
+//
 // Invariants:
+//   - Once the first generation started there is exactly one working
+//     generation; it changes only when an upgrade succeeds, in one
+//     SetWorking, after the new generation was ready.
+//   - A draining generation never receives a new flow and never becomes
+//     working again.
+//   - A failed upgrade never changes the working generation: the new
+//     generation's sockets leave steering and its process is stopped.
+//   - One upgrade at a time; a second request fails with
+//     ErrUpgradeInProgress.
+//   - A generation is stopped only after its sockets left steering and its
+//     receive queues emptied (bounded), so a server that exits at once on
+//     its stop signal loses nothing.
 //   - A socket (identified by its inode) is recorded in exactly one
 //     generation of one group, and at most once: a bind the kernel
 //     re-delivers is not a second socket.
