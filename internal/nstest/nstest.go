@@ -87,7 +87,7 @@ var (
 )
 
 // setupChild makes the child's mounts private, mounts a /proc for its PID
-// namespace and brings loopback up.
+// namespace and a tmpfs on /run/grmwrap, and brings loopback up.
 func setupChild() {
 	if err := syscall.Mount("", "/", "", syscall.MS_REC|syscall.MS_PRIVATE, ""); err != nil {
 		setupErr = fmt.Errorf("make mounts private: %w", err)
@@ -95,6 +95,15 @@ func setupChild() {
 	}
 	if err := syscall.Mount("proc", "/proc", "proc", syscall.MS_NOSUID|syscall.MS_NODEV|syscall.MS_NOEXEC, ""); err != nil {
 		setupErr = fmt.Errorf("mount /proc: %w", err)
+		return
+	}
+	// grmwrap's runtime directory (locks, control sockets) is private too.
+	if err := os.MkdirAll("/run/grmwrap", 0o755); err != nil {
+		setupErr = fmt.Errorf("create /run/grmwrap: %w", err)
+		return
+	}
+	if err := syscall.Mount("tmpfs", "/run/grmwrap", "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "mode=0755"); err != nil {
+		setupErr = fmt.Errorf("mount /run/grmwrap: %w", err)
 		return
 	}
 	setupErr = loopbackUp()
