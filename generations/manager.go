@@ -256,6 +256,7 @@ func (m *Manager) Upgrade(ctx context.Context, argv []string, timeout time.Durat
 		m.rollback(g, why)
 		return 0, why
 	}
+	readyAt := time.Now()
 
 	m.mu.Lock()
 	if m.stopping {
@@ -280,8 +281,11 @@ func (m *Manager) Upgrade(ctx context.Context, argv []string, timeout time.Durat
 	m.working = g
 	m.drains.Add(1)
 	m.mu.Unlock()
+	flipped := time.Now()
 	m.log.Info("upgrade: generation working", "generation", n, "pid", p.Pid(), "previous", old.n,
-		"ready_after", flip.Sub(start).Round(time.Microsecond), "flip", time.Since(flip).Round(time.Microsecond))
+		"ready_after_us", readyAt.Sub(start).Microseconds(),
+		"ready_to_flip_us", flipped.Sub(readyAt).Microseconds(),
+		"flip_us", flipped.Sub(flip).Microseconds())
 	go m.drain(old)
 	return n, nil
 }
