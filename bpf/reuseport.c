@@ -188,7 +188,10 @@ int grm_reuseport(struct sk_reuseport_md *md)
 			cnt->rx_flow_ok++;
 			return SK_PASS;
 		}
-		if (err == -18 /* EXDEV: another group */)
+		/* sk_select_reuseport: EBADFD for a socket of another group of the
+		 * same family, EAFNOSUPPORT / EPROTOTYPE across families and
+		 * protocols; ENOENT when the socket left the map (closed). */
+		if (err == -77 || err == -97 || err == -91)
 			cnt->rx_flow_wrong_group++;
 		else
 			cnt->rx_flow_socket_gone++;

@@ -59,7 +59,8 @@ func Enter(t *testing.T) bool {
 		args = append(args, "-test.timeout="+f.Value.String())
 	}
 	cmd := exec.CommandContext(ctx, os.Args[0], args...)
-	cmd.Env = append(os.Environ(), envChild+"="+t.Name())
+	// A -race child would sleep a second at exit to flush reports.
+	cmd.Env = append(os.Environ(), envChild+"="+t.Name(), "GORACE=atexit_sleep_ms=0")
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWNET | syscall.CLONE_NEWNS | syscall.CLONE_NEWPID,
 		Pdeathsig:  syscall.SIGKILL,
