@@ -6,7 +6,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all deps deps-generate build examples generate generate-check verifier-report test test-unit lint fuzz bench demo clean
+.PHONY: e2e all deps deps-generate build examples generate generate-check verifier-report test test-unit lint fuzz bench demo clean
 
 all: build
 
@@ -55,6 +55,19 @@ lint: deps
 fuzz: deps
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeSockaddr$$' -fuzztime=15s ./notify
 	$(GO) test -run='^$$' -fuzz='^FuzzParseListen$$' -fuzztime=15s ./notify
+
+# Data-plane benchmarks (root, about 1.5 minutes): writes docs/BENCHMARKS.md
+# with every figure, the command and the machine, and prints it.
+bench: deps
+	@mkdir -p bin
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/grmbench ./cmd/grmbench
+	bin/grmbench -via 'make bench' -out docs/BENCHMARKS.md
+
+# End to end: real servers from Debian packages under grmwrap, driven by real
+# clients across upgrades (root; each test in its own namespaces).
+e2e: deps build
+	@scripts/e2e-deps.sh
+	$(GO) test -tags e2e -count=1 -timeout 20m ./e2e/
 
 demo: deps build examples
 	@scripts/demo.sh

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 
@@ -37,9 +38,15 @@ type Options struct {
 	Refresh time.Duration
 }
 
-// DataPlane is the loaded program and its maps.
+// DataPlane is the maps and one copy of the program per group (each copy
+// has its group id as a constant, so a packet needs no lookup to find its
+// group).
 type DataPlane struct {
-	objs reuseportObjects
+	objs reuseportMaps
+	spec *ebpf.CollectionSpec
+
+	mu    sync.Mutex
+	progs map[uint32]*ebpf.Program // by group id
 }
 
 // Load loads the program and creates (or reopens) its maps.
@@ -69,28 +76,72 @@ func Load(opts Options) (*DataPlane, error) {
 			m.Pinning = ebpf.PinNone
 		}
 	}
-	d := &DataPlane{}
+	d := &DataPlane{spec: spec, progs: make(map[uint32]*ebpf.Program)}
 	if err := spec.LoadAndAssign(&d.objs, &copts); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load steering program: %+v", ve)
-		}
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return nil, fmt.Errorf("maps pinned in %s do not match this grmwrap (another version or --max-flows); remove them to start afresh: %w", opts.PinDir, err)
 		}
-		return nil, fmt.Errorf("load steering program: %w", err)
+		return nil, fmt.Errorf("create steering maps: %w", err)
+	}
+	// Load one copy now: a program the verifier refuses fails here, at
+	// start, not at the first bind.
+	if _, err := d.Program(1); err != nil {
+		d.objs.Close()
+		return nil, err
 	}
 	return d, nil
 }
 
-// Close releases the program and map handles. Groups keep the program
+// Close releases the programs and map handles. Groups keep their program
 // attached and pinned maps stay, so steering goes on.
 func (d *DataPlane) Close() error {
-	return d.objs.Close()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for gid, p := range d.progs {
+		errs = append(errs, p.Close())
+		delete(d.progs, gid)
+	}
+	errs = append(errs, d.objs.Close())
+	return errors.Join(errs...)
 }
 
-// Program returns the SK_REUSEPORT program (for statistics).
-func (d *DataPlane) Program() *ebpf.Program { return d.objs.GrmReuseport }
+// Program returns group gid's copy of the SK_REUSEPORT program, loading it
+// the first time.
+func (d *DataPlane) Program(gid uint32) (*ebpf.Program, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p := d.progs[gid]; p != nil {
+		return p, nil
+	}
+	if gid == 0 || gid >= MaxGroups {
+		return nil, fmt.Errorf("group id %d out of range 1..%d", gid, MaxGroups-1)
+	}
+	spec := d.spec.Copy()
+	if err := spec.Variables["group_id"].Set(gid); err != nil {
+		return nil, fmt.Errorf("set group id: %w", err)
+	}
+	var objs struct {
+		Prog *ebpf.Program `ebpf:"grm_reuseport"`
+	}
+	err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+		"sockets":       d.objs.Sockets,
+		"socket_groups": d.objs.SocketGroups,
+		"slots":         d.objs.Slots,
+		"groups":        d.objs.Groups,
+		"flows":         d.objs.Flows,
+		"counters":      d.objs.Counters,
+	}})
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load steering program: %+v", ve)
+		}
+		return nil, fmt.Errorf("load steering program: %w", err)
+	}
+	d.progs[gid] = objs.Prog
+	return objs.Prog, nil
+}
 
 // SetGroup writes group gid's state. Working generation and count change in
 // one 8-byte word, so the program never sees one without the other.
@@ -119,6 +170,14 @@ func (d *DataPlane) ClearGroup(gid uint32) error {
 	if err := d.objs.Counters.Update(gid, zero, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("clear counters of group %d: %w", gid, err)
 	}
+	// The kernel keeps a program attached to a group alive; our handle
+	// goes, and a re-created group gets a fresh copy.
+	d.mu.Lock()
+	if p := d.progs[gid]; p != nil {
+		p.Close()
+		delete(d.progs, gid)
+	}
+	d.mu.Unlock()
 	return nil
 }
 
@@ -154,9 +213,14 @@ func (d *DataPlane) addSocket(gid, gen, slot uint32, fd int) (uint64, error) {
 		d.RemoveSocket(cookie)
 		return 0, fmt.Errorf("insert socket into sockhash: %w", err)
 	}
+	prog, err := d.Program(gid)
+	if err != nil {
+		d.RemoveSocket(cookie)
+		return 0, err
+	}
 	// The program belongs to the reuseport group; attaching again is
 	// harmless and covers a group that emptied and was re-created.
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_EBPF, d.objs.GrmReuseport.FD()); err != nil {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_EBPF, prog.FD()); err != nil {
 		d.RemoveSocket(cookie)
 		return 0, fmt.Errorf("attach reuseport program: %w", err)
 	}

@@ -14,7 +14,11 @@ func TestLoadVerifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	info, err := d.Program().Info()
+	p, err := d.Program(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := p.Info()
 	if err != nil {
 		t.Fatal(err)
 	}

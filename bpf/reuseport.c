@@ -19,6 +19,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* A flow's last-seen time is written at most this often (ns). */
 volatile const __u64 refresh_ns = 1000000000ULL;
 
+/* The group this copy of the program serves: every group gets its own
+ * copy, loaded with its id, so a packet needs no lookup to find its group. */
+volatile const __u32 group_id = 0;
+
 /* The managed sockets, by cookie. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -28,7 +32,8 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sockets SEC(".maps");
 
-/* Socket cookie -> group id, for the socket the kernel found. */
+/* Socket cookie -> group id: user space's record of live sockets (for a
+ * restarted supervisor); not read per packet. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, GRM_MAX_SOCKETS);
@@ -142,24 +147,22 @@ int grm_reuseport(struct sk_reuseport_md *md)
 	struct grm_group *g;
 	struct grm_flow_key key;
 	struct grm_flow *f;
-	struct bpf_sock *me = md->sk;
 	__u64 cookie, now = 0, gc;
-	__u32 zero = 0, *gid, gen, count;
+	__u32 gid = group_id, gen, count;
 
-	if (!me)
-		goto unknown;
-	cookie = bpf_get_socket_cookie(me);
-	gid = bpf_map_lookup_elem(&socket_groups, &cookie);
-	if (!gid)
-		goto unknown;
-	cnt = bpf_map_lookup_elem(&counters, gid);
-	g = bpf_map_lookup_elem(&groups, gid);
+	cnt = bpf_map_lookup_elem(&counters, &gid);
+	g = bpf_map_lookup_elem(&groups, &gid);
 	if (!cnt || !g)
-		goto unknown;
+		return SK_PASS; /* gid out of range: cannot happen, user space checks it */
 	cnt->rx_processed_total++;
 	gc = *(volatile __u64 *)&g->gen_count;
 	gen = gc >> 32;
 	count = (__u32)gc;
+	if (gen == 0) {
+		/* Group state never written: nothing to steer by. */
+		cnt->rx_internal_state_error++;
+		goto fallback;
+	}
 
 	if (g->dissector == GRM_DISSECTOR_NOOP) {
 		cnt->rx_noop_total++;
@@ -167,7 +170,7 @@ int grm_reuseport(struct sk_reuseport_md *md)
 	}
 
 	__builtin_memset(&key, 0, sizeof(key));
-	key.group = *gid;
+	key.group = gid;
 	if (flow_key(md, &key)) {
 		cnt->rx_packet_too_short_error++;
 		goto new_flow;
@@ -203,7 +206,7 @@ new_flow:
 		cnt->rx_no_working_socket++;
 		goto fallback;
 	}
-	if (select_working(md, *gid, gen, count, &cookie)) {
+	if (select_working(md, gid, gen, count, &cookie)) {
 		cnt->rx_new_flow_working_gen_dispatch_error++;
 		goto fallback;
 	}
@@ -218,14 +221,5 @@ new_flow:
 
 fallback:
 	cnt->rx_fallback_kernel++;
-	return SK_PASS;
-
-unknown:
-	cnt = bpf_map_lookup_elem(&counters, &zero);
-	if (cnt) {
-		cnt->rx_processed_total++;
-		cnt->rx_internal_state_error++;
-		cnt->rx_fallback_kernel++;
-	}
 	return SK_PASS;
 }

@@ -83,6 +83,7 @@ const (
 	reuseportMapSockets            = "sockets"
 	reuseportProgGrmReuseport      = "grm_reuseport"
 	reuseportVarGrmDissectorUnused = "grm_dissector_unused"
+	reuseportVarGroupId            = "group_id"
 	reuseportVarRefreshNs          = "refresh_ns"
 )
 
@@ -148,6 +149,7 @@ type reuseportMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type reuseportVariableSpecs struct {
 	GrmDissectorUnused *ebpf.VariableSpec `ebpf:"grm_dissector_unused"`
+	GroupId            *ebpf.VariableSpec `ebpf:"group_id"`
 	RefreshNs          *ebpf.VariableSpec `ebpf:"refresh_ns"`
 }
 
@@ -195,6 +197,7 @@ func (m *reuseportMaps) Close() error {
 // It can be passed to loadReuseportObjects or ebpf.CollectionSpec.LoadAndAssign.
 type reuseportVariables struct {
 	GrmDissectorUnused *ebpf.Variable `ebpf:"grm_dissector_unused"`
+	GroupId            *ebpf.Variable `ebpf:"group_id"`
 	RefreshNs          *ebpf.Variable `ebpf:"refresh_ns"`
 }
 

@@ -24,6 +24,9 @@ func VerifierReport() (string, error) {
 	for _, m := range spec.Maps {
 		m.Pinning = ebpf.PinNone
 	}
+	if err := spec.Variables["group_id"].Set(uint32(1)); err != nil {
+		return "", fmt.Errorf("set group id: %w", err)
+	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		Programs: ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats},
 	})
