@@ -34,6 +34,7 @@ func runFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringSliceFlag{Name: "listen", Usage: "UDP address to manage, repeatable: HOST:PORT, :PORT, [::]:PORT (default: every UDP bind to a non-zero port)"},
 		&cli.StringFlag{Name: "user", Usage: "run instances as `USER[:GROUP]`"},
+		&cli.BoolFlag{Name: "tcp-reuseport", Usage: "give TCP binds to managed addresses SO_REUSEPORT, so that a new generation can bind the TCP port the old one listens on (servers like dnsmasq listen on both); TCP is not steered"},
 		&cli.StringFlag{Name: "dissector", Value: "flow", Usage: "what a flow is: flow (4-tuple table) or noop (none: every packet to the working generation)"},
 		&cli.DurationFlag{Name: "flow-timeout", Value: 125 * time.Second, Usage: "idle time after which a flow is over"},
 		&cli.UintFlag{Name: "max-flows", Value: 65536, Usage: "flow table size"},
@@ -49,8 +50,37 @@ func runFlags() []cli.Flag {
 	}
 }
 
+// valueFlags are the flags of upgrade and status that take a value.
+var valueFlags = map[string]bool{"--timeout": true, "-timeout": true, "--runtime-dir": true, "-runtime-dir": true}
+
+// flagsFirst moves the flags of the upgrade and status commands before
+// their PID: the CLI contract writes `upgrade PID [--timeout DUR]`, and the
+// CLI library stops reading flags at the first argument.
+func flagsFirst(own []string) []string {
+	if len(own) < 3 || (own[1] != "upgrade" && own[1] != "status") {
+		return own
+	}
+	var flags, args []string
+	rest := own[2:]
+	for i := 0; i < len(rest); i++ {
+		a := rest[i]
+		switch {
+		case strings.HasPrefix(a, "-") && len(a) > 1:
+			flags = append(flags, a)
+			if valueFlags[a] && i+1 < len(rest) {
+				i++
+				flags = append(flags, rest[i])
+			}
+		default:
+			args = append(args, a)
+		}
+	}
+	return append(append([]string{own[0], own[1]}, flags...), args...)
+}
+
 func newApp(args []string) (*cli.App, []string) {
 	own, command, dashes := splitCommand(args)
+	own = flagsFirst(own)
 	runAction := func(c *cli.Context) error {
 		if c.Args().Len() > 0 {
 			if !dashes {
@@ -127,6 +157,7 @@ type runConfig struct {
 	flowTimeout  time.Duration
 	maxFlows     uint32
 	name         string
+	tcpReuseport bool
 	runtimeDir   string
 	ready        readySpec
 	readyTimeout time.Duration

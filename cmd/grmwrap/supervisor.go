@@ -44,6 +44,11 @@ func (i *instance) Done() <-chan struct{} { return i.done }
 // Signal signals the main process. The handle is a pidfd: a reaped
 // instance reports an error instead of signalling a recycled pid.
 func (i *instance) Signal(sig syscall.Signal) error {
+	select {
+	case <-i.done:
+		return nil // reaped, and its pidfd released
+	default:
+	}
 	if err := i.proc.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return err
 	}
@@ -141,6 +146,10 @@ func (s *supervisor) Launch(gen uint32, argv []string) (generations.Process, err
 			s.log.Error("release sockets of exited instance", "generation", gen, "err", err)
 		}
 		s.notifier.close(gen)
+		// The handle's pidfd is not needed once the process is reaped.
+		if err := inst.proc.Release(); err != nil {
+			s.log.Debug("release process handle", "err", err)
+		}
 		close(inst.done)
 	}
 	s.mu.Unlock()
@@ -263,6 +272,7 @@ func serve(ctx context.Context, cfg runConfig) error {
 	}
 	defer dp.close()
 	s := newSupervisor(ctx, cfg.log, spec, m, dp.Steering)
+	s.handler.TCPReuseport = cfg.tcpReuseport
 	if cfg.ready.mode == readyNotify {
 		if s.notifier, err = newNotifySockets(cfg.runtimeDir); err != nil {
 			return exitError{code: 2, err: err}
