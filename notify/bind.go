@@ -43,8 +43,8 @@ func (h *Handler) bind(ctx context.Context, n notification) (reply, bool) {
 			unix.Close(sock)
 		}
 	}()
-	family, ok := udpFamily(sock)
-	if !ok {
+	family, proto, ok := inetFamily(sock)
+	if !ok || (proto == unix.IPPROTO_TCP && !h.TCPReuseport) {
 		return replyContinue, false
 	}
 	addrLen := int(int32(n.args[2]))
@@ -75,6 +75,9 @@ func (h *Handler) bind(ctx context.Context, n notification) (reply, bool) {
 	case <-ctx.Done():
 		h.log.Error("managed bind timed out waiting for another bind", "pid", n.tid, "addr", sa.Addr)
 		return replyErr(unix.EAGAIN), false
+	}
+	if proto == unix.IPPROTO_TCP {
+		return h.bindTCP(n, sock, sa), false
 	}
 	r, file, s := h.bindManaged(n, sock, sa, raw)
 	if file == nil {
@@ -248,6 +251,18 @@ func (h *Handler) setsockopt(n notification) (reply, bool) {
 		return reply{}, true
 	}
 	h.mu.Lock()
+	if _, tcp := h.ownedTCP[ino]; tcp {
+		h.mu.Unlock()
+		// SO_REUSEPORT stays on; reuseport programs on TCP are the
+		// server's business (grmwrap does not steer TCP).
+		if int32(n.args[2]) == unix.SO_REUSEPORT {
+			if int32(n.args[4]) < int32(unsafe.Sizeof(int32(0))) {
+				return replyErr(unix.EINVAL), false
+			}
+			return replyOK, false
+		}
+		return replyContinue, false
+	}
 	o, ours := h.owned[ino]
 	firstWarning := ours && int32(n.args[2]) != unix.SO_REUSEPORT && !h.warned[n.gen]
 	if firstWarning {
@@ -271,22 +286,93 @@ func (h *Handler) setsockopt(n notification) (reply, bool) {
 	return replyOK, false
 }
 
-// udpFamily returns the family of sock when it is an AF_INET or AF_INET6
-// datagram socket of the UDP protocol.
-func udpFamily(sock int) (uint16, bool) {
+// inetFamily returns the family and protocol of sock when it is an AF_INET
+// or AF_INET6 UDP datagram socket or TCP stream socket.
+func inetFamily(sock int) (uint16, int, bool) {
 	domain, err := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	if err != nil || (domain != unix.AF_INET && domain != unix.AF_INET6) {
-		return 0, false
+		return 0, 0, false
 	}
 	typ, err := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_TYPE)
-	if err != nil || typ != unix.SOCK_DGRAM {
-		return 0, false
+	if err != nil {
+		return 0, 0, false
 	}
 	proto, err := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_PROTOCOL)
-	if err != nil || proto != unix.IPPROTO_UDP {
-		return 0, false
+	if err != nil {
+		return 0, 0, false
 	}
-	return uint16(domain), true
+	switch {
+	case typ == unix.SOCK_DGRAM && proto == unix.IPPROTO_UDP:
+	case typ == unix.SOCK_STREAM && proto == unix.IPPROTO_TCP:
+	default:
+		return 0, 0, false
+	}
+	return uint16(domain), proto, true
+}
+
+// bindTCP handles a TCP bind to a managed address with TCPReuseport: the
+// socket gets SO_REUSEPORT, so that the next generation can bind the port
+// the old one still listens on, and the kernel binds it with the server's
+// own rights. TCP is not steered. A port held by a TCP socket grmwrap did
+// not prepare gets EADDRINUSE, as for UDP.
+func (h *Handler) bindTCP(n notification, sock int, sa Sockaddr) reply {
+	var st unix.Stat_t
+	if err := unix.Fstat(sock, &st); err != nil {
+		h.log.Error("stat tcp socket", "err", err)
+		return replyErr(unix.EAGAIN)
+	}
+	if bound, err := unix.Getsockname(sock); err == nil && sockaddrPort(bound) != 0 {
+		return replyContinue // already bound: the kernel answers
+	}
+	nsfd, nsino, err := socketNetNS(sock)
+	if err != nil {
+		h.log.Error("tcp bind", "err", err)
+		return replyErr(unix.EAGAIN)
+	}
+	defer unix.Close(nsfd)
+	v6only := false
+	if sa.Family == generations.FamilyINET6 {
+		v, err := unix.GetsockoptInt(sock, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+		v6only = err == nil && v == 1
+	}
+	var table []udpEntry
+	if err := runInNetNS(nsfd, nsino, func() error {
+		var err error
+		table, err = readTCPListeners()
+		return err
+	}); err != nil {
+		h.log.Error("tcp bind: inspect network namespace", "err", err)
+		return replyErr(unix.EAGAIN)
+	}
+	key := generations.GroupKey{NetNS: nsino, Family: sa.Family, Addr: sa.Addr}
+	h.mu.Lock()
+	present := make(map[uint64]bool, len(table))
+	var holder uint64
+	for _, e := range table {
+		present[e.Inode] = true
+		if _, ours := h.ownedTCP[e.Inode]; !ours && holder == 0 && conflicts(e, sa.Family, sa.Addr, v6only) {
+			holder = e.Inode
+		}
+	}
+	for ino, o := range h.ownedTCP {
+		if o.group.NetNS == nsino && !present[ino] {
+			delete(h.ownedTCP, ino)
+		}
+	}
+	h.mu.Unlock()
+	if holder != 0 {
+		h.log.Info("refused tcp bind: the port is held by a socket grmwrap does not manage", "group", key, "holder_inode", holder, "pid", n.tid)
+		return replyErr(unix.EADDRINUSE)
+	}
+	if err := unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+		h.log.Error("tcp bind: set SO_REUSEPORT", "err", err)
+		return replyErr(unix.EAGAIN)
+	}
+	h.mu.Lock()
+	h.ownedTCP[st.Ino] = owned{group: key, gen: n.gen}
+	h.mu.Unlock()
+	h.log.Debug("tcp bind shares its port with later generations", "group", key, "pid", n.tid)
+	return replyContinue
 }
 
 func sockaddrPort(sa unix.Sockaddr) int {

@@ -30,8 +30,13 @@ type Handler struct {
 	// binds to one address cannot both believe they create the group.
 	bindLock chan struct{}
 
-	mu    sync.Mutex
-	owned map[uint64]owned // socket inode -> managed socket
+	// TCPReuseport makes TCP binds to managed addresses share their port
+	// with later generations (SO_REUSEPORT); set it before Serve.
+	TCPReuseport bool
+
+	mu       sync.Mutex
+	owned    map[uint64]owned // socket inode -> managed socket
+	ownedTCP map[uint64]owned // TCP sockets given SO_REUSEPORT
 	// warned remembers generations already told that their reuseport
 	// programs are ignored.
 	warned map[uint32]bool
@@ -55,6 +60,7 @@ func NewHandler(log *slog.Logger, m Matcher, sink generations.SocketSink) *Handl
 		timeout:  DefaultHandlerTimeout,
 		bindLock: make(chan struct{}, 1),
 		owned:    make(map[uint64]owned),
+		ownedTCP: make(map[uint64]owned),
 		warned:   make(map[uint32]bool),
 	}
 }
@@ -67,6 +73,11 @@ func (h *Handler) Forget(gen uint32) {
 	for ino, o := range h.owned {
 		if o.gen == gen {
 			delete(h.owned, ino)
+		}
+	}
+	for ino, o := range h.ownedTCP {
+		if o.gen == gen {
+			delete(h.ownedTCP, ino)
 		}
 	}
 	delete(h.warned, gen)

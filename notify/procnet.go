@@ -49,6 +49,44 @@ func QueuedBytes(pid int, inodes []uint64) (uint64, error) {
 	return total, nil
 }
 
+// readTCPListeners lists the TCP sockets of the current thread's network
+// namespace that are listening or bound without a connection (the ones a
+// bind can collide with; connections on the port are left out).
+func readTCPListeners() ([]udpEntry, error) {
+	var out []udpEntry
+	for _, t := range []struct {
+		path   string
+		family uint16
+	}{
+		{"/proc/thread-self/net/tcp", generations.FamilyINET},
+		{"/proc/thread-self/net/tcp6", generations.FamilyINET6},
+	} {
+		b, err := os.ReadFile(t.path)
+		if os.IsNotExist(err) && t.family == generations.FamilyINET6 {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", t.path, err)
+		}
+		entries, states, err := parseSocketTable(strings.NewReader(string(b)), t.family)
+		if err != nil {
+			return nil, fmt.Errorf("parse %s: %w", t.path, err)
+		}
+		for i, e := range entries {
+			if states[i] == tcpListen || states[i] == tcpClose {
+				out = append(out, e)
+			}
+		}
+	}
+	return out, nil
+}
+
+// TCP states as /proc/net/tcp prints them.
+const (
+	tcpClose  = 0x07
+	tcpListen = 0x0A
+)
+
 func readUDPTablesAt(dir string) ([]udpEntry, error) {
 	var all []udpEntry
 	for _, t := range []struct {
@@ -79,7 +117,15 @@ func readUDPTablesAt(dir string) ([]udpEntry, error) {
 // /proc/net/udp6 (INET6). Addresses there are 32-bit words printed in host
 // byte order; ports are printed as numbers.
 func parseUDPTable(r io.Reader, family uint16) ([]udpEntry, error) {
+	out, _, err := parseSocketTable(r, family)
+	return out, err
+}
+
+// parseSocketTable parses /proc/net/{udp,udp6,tcp,tcp6} (they share the
+// columns this reads) and returns each socket's state too.
+func parseSocketTable(r io.Reader, family uint16) ([]udpEntry, []uint64, error) {
 	var out []udpEntry
+	var states []uint64
 	sc := bufio.NewScanner(r)
 	first := true
 	for sc.Scan() {
@@ -89,27 +135,32 @@ func parseUDPTable(r io.Reader, family uint16) ([]udpEntry, error) {
 		}
 		fields := strings.Fields(sc.Text())
 		if len(fields) < 10 {
-			return nil, fmt.Errorf("line %q: too few fields", sc.Text())
+			return nil, nil, fmt.Errorf("line %q: too few fields", sc.Text())
 		}
 		local, err := parseHexAddrPort(fields[1])
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		inode, err := strconv.ParseUint(fields[9], 10, 64)
 		if err != nil {
-			return nil, fmt.Errorf("inode %q: %w", fields[9], err)
+			return nil, nil, fmt.Errorf("inode %q: %w", fields[9], err)
 		}
 		_, rxHex, ok := strings.Cut(fields[4], ":")
 		if !ok {
-			return nil, fmt.Errorf("queues %q: want tx:rx", fields[4])
+			return nil, nil, fmt.Errorf("queues %q: want tx:rx", fields[4])
 		}
 		rx, err := strconv.ParseUint(rxHex, 16, 64)
 		if err != nil {
-			return nil, fmt.Errorf("receive queue %q: %w", rxHex, err)
+			return nil, nil, fmt.Errorf("receive queue %q: %w", rxHex, err)
+		}
+		state, err := strconv.ParseUint(fields[3], 16, 8)
+		if err != nil {
+			return nil, nil, fmt.Errorf("state %q: %w", fields[3], err)
 		}
 		out = append(out, udpEntry{Family: family, Local: local, Inode: inode, RxQueue: rx})
+		states = append(states, state)
 	}
-	return out, sc.Err()
+	return out, states, sc.Err()
 }
 
 func parseHexAddrPort(s string) (netip.AddrPort, error) {

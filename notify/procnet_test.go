@@ -42,7 +42,7 @@ func TestParseUDPTable(t *testing.T) {
 	want := []udpEntry{
 		{Family: generations.FamilyINET, Local: netip.MustParseAddrPort("127.0.0.1:5353"), Inode: 45678},
 		{Family: generations.FamilyINET, Local: netip.MustParseAddrPort("0.0.0.0:53"), Inode: 7162},
-		{Family: generations.FamilyINET, Local: netip.MustParseAddrPort("192.168.0.2:65535"), Inode: 18446744073709551615},
+		{Family: generations.FamilyINET, Local: netip.MustParseAddrPort("192.168.0.2:65535"), Inode: 18446744073709551615, RxQueue: 0xA00},
 	}
 	if !equalEntries(got, want) {
 		t.Fatalf("parseUDPTable = %v, want %v", got, want)
