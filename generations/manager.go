@@ -93,6 +93,11 @@ type Config struct {
 	QuiesceLimit time.Duration
 	// History is how many ended generations status keeps (default 16).
 	History int
+	// MinDrain keeps an old generation at least this long after the flip
+	// (default 1s, at most a quarter of DrainTimeout), even without flows: a new
+	// generation that dies right after it became working is then replaced
+	// by its predecessor instead of leaving the service down.
+	MinDrain time.Duration
 }
 
 // Manager runs the generations of one service: the first start, upgrades
@@ -114,8 +119,13 @@ type Manager struct {
 	// workingExit is closed when the working generation's process exits
 	// (not during a stop).
 	workingExit chan struct{}
+	exited      bool // workingExit is closed
 	exitCode    int
 	drains      sync.WaitGroup
+	// launching counts upgrades between their start and the moment their
+	// new generation is in gens: Stop waits for them, so that nothing it
+	// did not see survives it.
+	launching sync.WaitGroup
 }
 
 type generation struct {
@@ -124,6 +134,9 @@ type generation struct {
 	state   State
 	started time.Time
 	reason  string // why it failed
+	// revived is closed when a draining generation becomes working again
+	// because its successor died.
+	revived chan struct{}
 }
 
 // NewManager returns a manager; call Start to run generation 1.
@@ -140,6 +153,19 @@ func NewManager(log *slog.Logger, cfg Config, l Launcher, s Sockets, r Readiness
 	if cfg.StopSignal == 0 {
 		cfg.StopSignal = syscall.SIGTERM
 	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = time.Minute
+	}
+	if cfg.KillTimeout == 0 {
+		cfg.KillTimeout = 10 * time.Second
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = 10 * time.Minute
+	}
+	if cfg.MinDrain == 0 {
+		cfg.MinDrain = time.Second
+	}
+	cfg.MinDrain = min(cfg.MinDrain, cfg.DrainTimeout/4)
 	return &Manager{log: log, cfg: cfg, launch: l, sockets: s, ready: r, next: 1, workingExit: make(chan struct{})}
 }
 
@@ -158,7 +184,7 @@ func (m *Manager) Start(ctx context.Context, ready chan<- error) error {
 	if err != nil {
 		return err
 	}
-	g := &generation{n: 1, proc: p, state: StateWorking, started: time.Now()}
+	g := &generation{n: 1, proc: p, state: StateWorking, started: time.Now(), revived: make(chan struct{})}
 	m.next = 2
 	m.gens = append(m.gens, g)
 	m.working = g
@@ -183,10 +209,44 @@ func (m *Manager) watch(g *generation) {
 	}
 	m.log.Info("generation exited", "generation", g.n, "pid", g.proc.Pid(), "status", g.proc.ExitCode())
 	if g == m.working && !m.stopping {
-		m.exitCode = g.proc.ExitCode()
-		close(m.workingExit)
+		if prev := m.reviveLocked(); prev != nil {
+			m.log.Error("working generation exited: the previous generation, still draining, is working again",
+				"exited", g.n, "status", g.proc.ExitCode(), "generation", prev.n)
+		} else if !m.exited {
+			m.exitCode = g.proc.ExitCode()
+			m.exited = true
+			close(m.workingExit)
+		}
 	}
 	m.pruneLocked()
+}
+
+// reviveLocked makes the newest draining generation working again, when
+// the working one died: the service keeps a working generation as long as
+// one is alive and not yet quiesced.
+func (m *Manager) reviveLocked() *generation {
+	for i := len(m.gens) - 1; i >= 0; i-- {
+		g := m.gens[i]
+		if g.state != StateDraining {
+			continue
+		}
+		select {
+		case <-g.proc.Done():
+			continue
+		default:
+		}
+		if err := m.sockets.SetWorking(g.n); err != nil {
+			m.log.Error("revive previous generation", "generation", g.n, "err", err)
+			return nil
+		}
+		g.state = StateWorking
+		// Its drain ends; a later drain waits on a fresh channel.
+		close(g.revived)
+		g.revived = make(chan struct{})
+		m.working = g
+		return g
+	}
+	return nil
 }
 
 // WorkingExited is closed when the working generation exits on its own:
@@ -199,7 +259,7 @@ func (m *Manager) WorkingExited() <-chan struct{} { return m.workingExit }
 // and removed and the old one stays working; the error says why.
 func (m *Manager) Upgrade(ctx context.Context, argv []string, timeout time.Duration) (uint32, error) {
 	m.mu.Lock()
-	if m.working == nil || m.stopping {
+	if m.working == nil || m.stopping || m.exited {
 		m.mu.Unlock()
 		return 0, ErrNotRunning
 	}
@@ -210,6 +270,7 @@ func (m *Manager) Upgrade(ctx context.Context, argv []string, timeout time.Durat
 	m.upgrading = true
 	n := m.next
 	m.next++
+	m.launching.Add(1)
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock()
@@ -221,14 +282,21 @@ func (m *Manager) Upgrade(ctx context.Context, argv []string, timeout time.Durat
 	m.log.Info("upgrade: starting generation", "generation", n)
 	p, err := m.launch.Launch(n, argv)
 	if err != nil {
+		m.launching.Done()
 		m.log.Error("upgrade failed: could not start generation", "generation", n, "err", err)
 		return 0, fmt.Errorf("start generation %d: %w", n, err)
 	}
-	g := &generation{n: n, proc: p, state: StateStarting, started: start}
+	g := &generation{n: n, proc: p, state: StateStarting, started: start, revived: make(chan struct{})}
 	m.mu.Lock()
 	m.gens = append(m.gens, g)
+	stopping := m.stopping
 	m.mu.Unlock()
+	m.launching.Done()
 	go m.watch(g)
+	if stopping {
+		m.rollback(g, ErrNotRunning)
+		return 0, ErrNotRunning
+	}
 
 	if timeout <= 0 || timeout > m.cfg.ReadyTimeout {
 		timeout = m.cfg.ReadyTimeout
@@ -259,10 +327,20 @@ func (m *Manager) Upgrade(ctx context.Context, argv []string, timeout time.Durat
 	readyAt := time.Now()
 
 	m.mu.Lock()
-	if m.stopping {
+	if m.stopping || m.exited {
 		m.mu.Unlock()
 		m.rollback(g, ErrNotRunning)
 		return 0, ErrNotRunning
+	}
+	select {
+	case <-p.Done():
+		// It died between its readiness and the flip: never make a dead
+		// generation working.
+		m.mu.Unlock()
+		why := fmt.Errorf("generation %d exited with status %d as it became ready", n, p.ExitCode())
+		m.rollback(g, why)
+		return 0, why
+	default:
 	}
 	flip := time.Now()
 	if err := m.sockets.SetWorking(n); err != nil {
@@ -276,17 +354,26 @@ func (m *Manager) Upgrade(ctx context.Context, argv []string, timeout time.Durat
 		return 0, err
 	}
 	old := m.working
-	old.state = StateDraining
 	g.state = StateWorking
 	m.working = g
-	m.drains.Add(1)
+	drainOld := false
+	select {
+	case <-old.proc.Done(): // exited meanwhile: nothing to drain
+	default:
+		old.state = StateDraining
+		drainOld = true
+		m.drains.Add(1)
+	}
+	revived := old.revived
 	m.mu.Unlock()
 	flipped := time.Now()
 	m.log.Info("upgrade: generation working", "generation", n, "pid", p.Pid(), "previous", old.n,
 		"ready_after_us", readyAt.Sub(start).Microseconds(),
 		"ready_to_flip_us", flipped.Sub(readyAt).Microseconds(),
 		"flip_us", flipped.Sub(flip).Microseconds())
-	go m.drain(old)
+	if drainOld {
+		go m.drain(old, revived)
+	}
 	return n, nil
 }
 
@@ -307,9 +394,15 @@ func (m *Manager) rollback(g *generation, why error) {
 
 // drain waits until g's flows are idle (or the drain timeout), then
 // quiesces and stops it.
-func (m *Manager) drain(g *generation) {
+func (m *Manager) drain(g *generation, revived <-chan struct{}) {
 	defer m.drains.Done()
 	deadline := time.Now().Add(m.cfg.DrainTimeout)
+	select {
+	case <-time.After(m.cfg.MinDrain):
+	case <-g.proc.Done():
+	case <-revived:
+		return
+	}
 	if !m.cfg.NoFlows {
 		t := time.NewTicker(m.cfg.DrainPoll)
 	wait:
@@ -330,6 +423,9 @@ func (m *Manager) drain(g *generation) {
 			case <-t.C:
 			case <-g.proc.Done():
 				break wait
+			case <-revived:
+				t.Stop()
+				return
 			}
 		}
 		t.Stop()
@@ -341,9 +437,11 @@ func (m *Manager) drain(g *generation) {
 // then stops it.
 func (m *Manager) quiesce(g *generation) {
 	m.mu.Lock()
-	if g.state == StateDraining {
-		g.state = StateStopping
+	if g.state != StateDraining {
+		m.mu.Unlock()
+		return // revived, or already gone
 	}
+	g.state = StateStopping
 	m.mu.Unlock()
 	queued, err := m.sockets.Release(g.n)
 	if err != nil {
@@ -408,33 +506,44 @@ func (m *Manager) Forward(sig syscall.Signal) error {
 func (m *Manager) Stop(sig syscall.Signal) int {
 	m.mu.Lock()
 	m.stopping = true
-	live := make([]*generation, 0, len(m.gens))
-	for _, g := range m.gens {
-		select {
-		case <-g.proc.Done():
-		default:
-			live = append(live, g)
-		}
-	}
 	w := m.working
 	m.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, g := range live {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := g.proc.Signal(sig); err != nil {
-				m.log.Debug("stop signal", "generation", g.n, "err", err)
+	seen := make(map[*generation]bool)
+	stopLive := func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for _, g := range m.gens {
+			if seen[g] {
+				continue
 			}
+			seen[g] = true
 			select {
 			case <-g.proc.Done():
-			case <-time.After(m.cfg.KillTimeout):
-				m.log.Warn("generation did not stop in time: killing", "generation", g.n)
-				_ = g.proc.Kill()
-				<-g.proc.Done()
+				continue
+			default:
 			}
-		}()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := g.proc.Signal(sig); err != nil {
+					m.log.Debug("stop signal", "generation", g.n, "err", err)
+				}
+				select {
+				case <-g.proc.Done():
+				case <-time.After(m.cfg.KillTimeout):
+					m.log.Warn("generation did not stop in time: killing", "generation", g.n)
+					_ = g.proc.Kill()
+					<-g.proc.Done()
+				}
+			}()
+		}
 	}
+	stopLive()
+	// An upgrade inside Launch adds its generation (and sees stopping)
+	// before Done: once Wait returns every generation is in gens.
+	m.launching.Wait()
+	stopLive()
 	wg.Wait()
 	if w == nil {
 		return 0

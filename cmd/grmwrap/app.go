@@ -214,6 +214,7 @@ func runConfigFrom(c *cli.Context, command []string) (runConfig, error) {
 		maxFlows:     uint32(maxFlows),
 		name:         name,
 		runtimeDir:   c.String("runtime-dir"),
+		tcpReuseport: c.Bool("tcp-reuseport"),
 		log:          log,
 	}, nil
 }
