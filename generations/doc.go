@@ -15,8 +15,11 @@
 //   - Once the first generation started there is exactly one working
 //     generation; it changes only when an upgrade succeeds, in one
 //     SetWorking, after the new generation was ready.
-//   - A draining generation never receives a new flow and never becomes
-//     working again.
+//   - A draining generation never receives a new flow while its successor
+//     works. If the successor dies before the draining generation was
+//     quiesced, the draining generation becomes working again (the service
+//     is never left without a working generation while one can serve); a
+//     generation that was quiesced or has exited never does.
 //   - A failed upgrade never changes the working generation: the new
 //     generation's sockets leave steering and its process is stopped.
 //   - One upgrade at a time; a second request fails with
