@@ -58,7 +58,7 @@ fuzz: deps
 
 # Data-plane benchmarks (root, about 1.5 minutes): writes docs/BENCHMARKS.md
 # with every figure, the command and the machine, and prints it.
-bench: deps
+bench: deps build
 	@mkdir -p bin
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/grmbench ./cmd/grmbench
 	bin/grmbench -via 'make bench' -out docs/BENCHMARKS.md

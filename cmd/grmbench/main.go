@@ -14,7 +14,7 @@
 //
 // Usage:
 //
-//	grmbench [-out docs/BENCHMARKS.md] [-only cost|table|echo] [-via 'make bench']
+//	grmbench [-out docs/BENCHMARKS.md] [-only cost|table|echo|upgrade] [-via 'make bench']
 //
 // grmbench -help lists the flags that size each section.
 package main
@@ -42,7 +42,7 @@ func main() {
 func run() int {
 	var (
 		out       = flag.String("out", "docs/BENCHMARKS.md", "where to write the markdown report")
-		only      = flag.String("only", "", "run one section only: cost, table or echo")
+		only      = flag.String("only", "", "run one section only: cost, table, echo or upgrade")
 		via       = flag.String("via", "", "how the run was started, for the report (e.g. 'make bench')")
 		rounds    = flag.Int("rounds", 9, "measured rounds per cost scenario")
 		packets   = flag.Int("packets", 30000, "datagrams per round, existing flows and noop")
@@ -55,12 +55,14 @@ func run() int {
 		clients   = flag.Int("echo-clients", 4, "echo client sockets")
 		window    = flag.Int("echo-window", 4, "echo datagrams in flight per client")
 		pin       = flag.Bool("echo-pin", false, "pin the echo server and the clients to a CPU each")
+		grmwrap   = flag.String("grmwrap", "bin/grmwrap", "the grmwrap binary, for the upgrade section")
+		upgrades  = flag.Int("upgrades", 20, "timed upgrades")
 	)
 	flag.Parse()
 	switch *only {
-	case "", "cost", "table", "echo":
+	case "", "cost", "table", "echo", "upgrade":
 	default:
-		fmt.Fprintf(os.Stderr, "grmbench: -only must be cost, table or echo, not %q\n", *only)
+		fmt.Fprintf(os.Stderr, "grmbench: -only must be cost, table, echo or upgrade, not %q\n", *only)
 		return 2
 	}
 	if os.Geteuid() != 0 {
@@ -95,6 +97,7 @@ func run() int {
 			src: *echoSrc, pairs: *pairs, round: *roundDur, settle: *settle,
 			clients: *clients, window: *window, payload: 64, pin: *pin,
 		},
+		upgradeCfg: upgradeConfig{grmwrap: *grmwrap, src: *echoSrc, upgrades: *upgrades},
 	}
 	want := func(s string) bool { return *only == "" || *only == s }
 	if err := measureAll(r, want, logf); err != nil {
@@ -142,6 +145,14 @@ func measureAll(r *report, want func(string) bool, logf func(string, ...any)) er
 			return fmt.Errorf("echo throughput: %w", err)
 		}
 		r.echo = &e
+	}
+	if want("upgrade") {
+		logf("upgrades: %d", r.upgradeCfg.upgrades)
+		u, err := runUpgrade(r.upgradeCfg, logf)
+		if err != nil {
+			return fmt.Errorf("upgrades: %w", err)
+		}
+		r.upgrade = &u
 	}
 	return nil
 }

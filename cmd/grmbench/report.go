@@ -102,6 +102,9 @@ type report struct {
 	table    *tableResult
 	echoCfg  echoConfig
 	echo     *echoResult
+
+	upgradeCfg upgradeConfig
+	upgrade    *upgradeResult
 }
 
 func (r *report) sectionCmd(section string) string {
@@ -146,6 +149,9 @@ func (r *report) markdown() string {
 	}
 	if r.echo != nil {
 		r.echoSection(w)
+	}
+	if r.upgrade != nil {
+		r.upgradeSection(w)
 	}
 	return b.String()
 }
