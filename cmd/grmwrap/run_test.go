@@ -204,6 +204,13 @@ func TestTwoInstancesSteered(t *testing.T) {
 		if r.UDPReuseport != 1 || r.Port != port {
 			t.Fatalf("instance %d: %+v", gen, r)
 		}
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", r.PID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("GRMWRAP_GENERATION=%d", gen); !strings.Contains("\x00"+string(env)+"\x00", "\x00"+want+"\x00") {
+			t.Fatalf("instance %d's environment lacks %s", gen, want)
+		}
 		pids = append(pids, strconv.Itoa(r.PID))
 	}
 	w.Close()

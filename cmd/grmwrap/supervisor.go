@@ -32,13 +32,14 @@ func stopping(sig os.Signal) bool {
 // instance is one run of the server's command line: a generations.Process.
 type instance struct {
 	gen  uint32
+	pid  int // kept: Release resets proc.Pid
 	proc *os.Process
 	// done is closed once the process has been reaped; status is valid then.
 	done   chan struct{}
 	status syscall.WaitStatus
 }
 
-func (i *instance) Pid() int              { return i.proc.Pid }
+func (i *instance) Pid() int              { return i.pid }
 func (i *instance) Done() <-chan struct{} { return i.done }
 
 // Signal signals the main process. The handle is a pidfd: a reaped
@@ -63,7 +64,7 @@ func (i *instance) Kill() error {
 		return nil
 	default:
 	}
-	if err := syscall.Kill(-i.proc.Pid, syscall.SIGKILL); err != nil {
+	if err := syscall.Kill(-i.pid, syscall.SIGKILL); err != nil {
 		return i.proc.Kill()
 	}
 	return nil
@@ -121,6 +122,9 @@ func (s *supervisor) Launch(gen uint32, argv []string) (generations.Process, err
 		return nil, fmt.Errorf("command %q: %w", argv[0], err)
 	}
 	spec.Path, spec.Argv = path, argv
+	// The instance may tell generations apart (a proxy that needs its own
+	// upstream port per generation, say).
+	spec.Env = append(withoutEnv(spec.Env, "GRMWRAP_GENERATION"), fmt.Sprintf("GRMWRAP_GENERATION=%d", gen))
 	if s.notifier != nil {
 		env, err := s.notifier.open(gen)
 		if err != nil {
@@ -139,6 +143,7 @@ func (s *supervisor) Launch(gen uint32, argv []string) (generations.Process, err
 		return nil, err
 	}
 	inst.proc = child.Process
+	inst.pid = child.Process.Pid
 	s.waiters[child.Process.Pid] = func(ws syscall.WaitStatus) {
 		inst.status = ws
 		s.handler.Forget(gen)
