@@ -30,6 +30,12 @@ type Handler struct {
 	// binds to one address cannot both believe they create the group.
 	bindLock chan struct{}
 
+	// Observe, when set before Serve, is told of every answered
+	// notification: the syscall ("bind", "setsockopt"), the result
+	// ("managed", "repeated", "continued", "refused", "kept", "stale") and
+	// how long the handling took.
+	Observe func(syscall, result string, took time.Duration)
+
 	// TCPReuseport makes TCP binds to managed addresses share their port
 	// with later generations (SO_REUSEPORT); set it before Serve.
 	TCPReuseport bool
@@ -147,8 +153,13 @@ var (
 func replyErr(e unix.Errno) reply { return reply{errno: e} }
 
 func (h *Handler) handle(ctx context.Context, listener int, gen uint32, req *seccomp.ScmpNotifReq) {
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, h.timeout)
 	defer cancel()
+	kind, result := "other", "continued"
+	if h.Observe != nil {
+		defer func() { h.Observe(kind, result, time.Since(start)) }()
+	}
 	n := notification{
 		fd:  seccomp.ScmpFd(listener),
 		id:  req.ID,
@@ -161,7 +172,9 @@ func (h *Handler) handle(ctx context.Context, listener int, gen uint32, req *sec
 	c := &h.counters
 	switch int(req.Data.Syscall) {
 	case unix.SYS_BIND:
+		kind = "bind"
 		c.bindTrapped.Add(1)
+		before := c.bindRepeated.Load()
 		r, stale = h.bind(ctx, n)
 		switch {
 		case stale:
@@ -169,18 +182,26 @@ func (h *Handler) handle(ctx context.Context, listener int, gen uint32, req *sec
 			c.bindContinued.Add(1)
 		case r.errno != 0:
 			c.bindRefused.Add(1)
+			result = "refused"
+		case c.bindRepeated.Load() != before:
+			result = "repeated"
+		default:
+			result = "managed"
 		}
 	case unix.SYS_SETSOCKOPT:
+		kind = "setsockopt"
 		c.setsockoptTrapped.Add(1)
 		r, stale = h.setsockopt(n)
 		if !stale && !r.cont {
 			c.setsockoptKept.Add(1)
+			result = "kept"
 		}
 	default:
 		r = replyContinue // the filter traps nothing else
 	}
 	if stale {
 		c.stale.Add(1)
+		result = "stale"
 		return
 	}
 	resp := &seccomp.ScmpNotifResp{ID: req.ID, Error: int32(r.errno)}
@@ -192,6 +213,7 @@ func (h *Handler) handle(ctx context.Context, listener int, gen uint32, req *sec
 			// Interrupted or gone while we worked: a bind the kernel
 			// repeats is answered from what grmwrap already did.
 			c.stale.Add(1)
+			result = "stale"
 			return
 		}
 		h.log.Warn("answer trapped syscall", "pid", n.tid, "err", err)

@@ -59,13 +59,14 @@ type controlServer struct {
 	mgr  *generations.Manager
 	dp   *dataPlane
 	hd   interface{ Counters() map[string]uint64 }
+	obs  observer
 }
 
 func controlPath(runtimeDir string, pid int) string {
 	return filepath.Join(runtimeDir, strconv.Itoa(pid)+".sock")
 }
 
-func listenControl(runtimeDir string, log *slog.Logger, mgr *generations.Manager, dp *dataPlane, hd interface{ Counters() map[string]uint64 }) (*controlServer, error) {
+func listenControl(runtimeDir string, log *slog.Logger, mgr *generations.Manager, dp *dataPlane, hd interface{ Counters() map[string]uint64 }, obs observer) (*controlServer, error) {
 	if err := os.MkdirAll(runtimeDir, 0o755); err != nil {
 		return nil, fmt.Errorf("runtime directory: %w", err)
 	}
@@ -80,7 +81,7 @@ func listenControl(runtimeDir string, log *slog.Logger, mgr *generations.Manager
 		ln.Close()
 		return nil, fmt.Errorf("control socket mode: %w", err)
 	}
-	c := &controlServer{ln: ln, path: path, log: log, mgr: mgr, dp: dp, hd: hd}
+	c := &controlServer{ln: ln, path: path, log: log, mgr: mgr, dp: dp, hd: hd, obs: obs}
 	go c.serve()
 	return c, nil
 }
@@ -123,7 +124,10 @@ func (c *controlServer) handle(conn net.Conn) {
 			timeout = d
 		}
 		c.log.Info("upgrade requested", "argv", req.Argv, "timeout", timeout)
+		c.obs.upgradeStarted()
+		start := time.Now()
 		gen, err := c.mgr.Upgrade(context.Background(), req.Argv, timeout)
+		c.obs.upgradeDone(gen, err, time.Since(start))
 		if err != nil {
 			c.reply(conn, response{Error: err.Error()})
 			return

@@ -37,10 +37,12 @@ func prepare(cfg runConfig) (notify.Spec, notify.Matcher, error) {
 		}
 	}
 	spec := notify.Spec{
-		Self:  "/proc/self/exe",
-		Path:  path,
-		Argv:  cfg.command,
-		Env:   os.Environ(),
+		Self: "/proc/self/exe",
+		Path: path,
+		Argv: cfg.command,
+		// systemd hears about the service from grmwrap only; --ready
+		// notify gives each instance a private NOTIFY_SOCKET.
+		Env:   withoutEnv(os.Environ(), "NOTIFY_SOCKET"),
 		Cred:  cred,
 		Files: [3]*os.File{os.Stdin, os.Stdout, os.Stderr},
 	}

@@ -293,11 +293,16 @@ func serve(ctx context.Context, cfg runConfig) error {
 		StopSignal:   cfg.stopSignal,
 		NoFlows:      cfg.dissector == generations.DissectorNoop,
 	}, s, dp, readinessFor(cfg.ready, dp, s))
+	var obs observers
+	if sd := newSDNotifier(cfg.log, mgr); sd != nil {
+		obs = append(obs, sd)
+		go sd.statusLoop(ctx.Done())
+	}
 	ready := make(chan error, 1)
 	if err := mgr.Start(ctx, ready); err != nil {
 		return exitError{code: 2, err: fmt.Errorf("start %s: %w", cfg.command[0], err)}
 	}
-	ctl, err := listenControl(cfg.runtimeDir, cfg.log, mgr, dp, s.handler)
+	ctl, err := listenControl(cfg.runtimeDir, cfg.log, mgr, dp, s.handler, obs)
 	if err != nil {
 		code := mgr.Stop(syscall.SIGTERM)
 		return exitError{code: code, err: err}
@@ -311,10 +316,12 @@ func serve(ctx context.Context, cfg runConfig) error {
 			} else {
 				s.log.Info("generation 1 ready")
 			}
+			obs.ready(err)
 		case sig := <-sigs:
 			ssig := sig.(syscall.Signal)
 			if stopping(sig) {
 				s.log.Info("stopping: forwarding to every instance", "signal", sig)
+				obs.stopping()
 				return exitError{code: mgr.Stop(ssig)}
 			}
 			s.log.Info("forwarding signal to the working instance", "signal", sig)
@@ -325,6 +332,7 @@ func serve(ctx context.Context, cfg runConfig) error {
 			// The service is down with its working instance: stop the rest
 			// and report the working instance's status.
 			code := mgr.ExitCode()
+			obs.stopping()
 			mgr.Stop(syscall.SIGTERM)
 			return exitError{code: code}
 		}
