@@ -80,6 +80,8 @@ func (r execReadiness) Wait(ctx context.Context, gen uint32, p generations.Proce
 		if err != nil {
 			return fmt.Errorf("readiness probe: %w", err)
 		}
+		// The pid, kept now: the handle is released once reaped.
+		pid := proc.Pid
 		select {
 		case ws := <-status:
 			if ws.Exited() && ws.ExitStatus() == 0 {
@@ -87,7 +89,11 @@ func (r execReadiness) Wait(ctx context.Context, gen uint32, p generations.Proce
 			}
 			last = ws.ExitStatus()
 		case <-ctx.Done():
-			_ = syscall.Kill(-proc.Pid, syscall.SIGKILL) // the probe's group; it is reaped later
+			select {
+			case <-status: // already reaped: nothing to kill
+			default:
+				_ = syscall.Kill(-pid, syscall.SIGKILL) // the probe's group; reaped later
+			}
 			return fmt.Errorf("readiness probe %q did not succeed in time (last status %d): %w", r.cmd, last, ctx.Err())
 		case <-p.Done():
 			return fmt.Errorf("generation %d exited with status %d", gen, p.ExitCode())
@@ -125,7 +131,10 @@ func newNotifySockets(runtimeDir string) (*notifySockets, error) {
 func (n *notifySockets) open(gen uint32) (string, error) {
 	path := filepath.Join(n.dir, fmt.Sprintf("gen-%d.sock", gen))
 	_ = os.Remove(path) // a stale socket from a crashed supervisor
-	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
+	// Non-blocking, so that the runtime poller owns it and closing the
+	// file ends the reader's Read (a blocking fd would stay open until the
+	// next datagram).
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC|syscall.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return "", fmt.Errorf("notify socket: %w", err)
 	}

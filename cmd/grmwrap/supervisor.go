@@ -189,7 +189,11 @@ func (s *supervisor) spawn(argv []string, env []string) (*os.Process, <-chan sys
 	if err != nil {
 		return nil, nil, err
 	}
-	s.waiters[p.Pid] = func(ws syscall.WaitStatus) { ch <- ws }
+	s.waiters[p.Pid] = func(ws syscall.WaitStatus) {
+		// Reaped: its pidfd is not needed any more.
+		_ = p.Release()
+		ch <- ws
+	}
 	return p, ch, nil
 }
 
@@ -298,6 +302,18 @@ func serve(ctx context.Context, cfg runConfig) error {
 		obs = append(obs, sd)
 		go sd.statusLoop(ctx.Done())
 	}
+	// --metrics-listen: the handler's hook is set before any instance
+	// starts, and a listen error is a startup error.
+	if cfg.metricsAddr != "" {
+		met := newMetrics(mgr, dp)
+		stop, err := met.serve(cfg.metricsAddr, cfg.log)
+		if err != nil {
+			return exitError{code: 2, err: err}
+		}
+		defer stop()
+		s.handler.Observe = met.observe
+		obs = append(obs, met)
+	}
 	ready := make(chan error, 1)
 	if err := mgr.Start(ctx, ready); err != nil {
 		return exitError{code: 2, err: fmt.Errorf("start %s: %w", cfg.command[0], err)}
@@ -305,6 +321,7 @@ func serve(ctx context.Context, cfg runConfig) error {
 	ctl, err := listenControl(cfg.runtimeDir, cfg.log, mgr, dp, s.handler, obs)
 	if err != nil {
 		code := mgr.Stop(syscall.SIGTERM)
+		mgr.Wait()
 		return exitError{code: code, err: err}
 	}
 	defer ctl.Close()
@@ -322,7 +339,9 @@ func serve(ctx context.Context, cfg runConfig) error {
 			if stopping(sig) {
 				s.log.Info("stopping: forwarding to every instance", "signal", sig)
 				obs.stopping()
-				return exitError{code: mgr.Stop(ssig)}
+				code := mgr.Stop(ssig)
+				mgr.Wait() // drains end before the data plane closes
+				return exitError{code: code}
 			}
 			s.log.Info("forwarding signal to the working instance", "signal", sig)
 			if err := mgr.Forward(ssig); err != nil {
@@ -334,6 +353,7 @@ func serve(ctx context.Context, cfg runConfig) error {
 			code := mgr.ExitCode()
 			obs.stopping()
 			mgr.Stop(syscall.SIGTERM)
+			mgr.Wait()
 			return exitError{code: code}
 		}
 	}
