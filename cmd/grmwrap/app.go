@@ -45,6 +45,7 @@ func runFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "kill-timeout", Value: 10 * time.Second, Usage: "time between the stop signal and SIGKILL"},
 		&cli.StringFlag{Name: "name", Usage: "name of this service's pinned steering state (default: command name and a hash of the command line)"},
 		&cli.StringFlag{Name: "runtime-dir", Value: "/run/grmwrap", Usage: "directory for locks and control sockets"},
+		&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics at /metrics on `ADDR` (HOST:PORT; off by default)"},
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 	}
@@ -145,6 +146,8 @@ func newApp(args []string) (*cli.App, []string) {
 		// Errors come back to main, which prints one line and exits.
 		ExitErrHandler: func(*cli.Context, error) {},
 	}
+	// Hidden: the man page and the shell completion, for packaging.
+	app.Commands = append(app.Commands, docCommands()...)
 	return app, own
 }
 
@@ -159,6 +162,7 @@ type runConfig struct {
 	name         string
 	tcpReuseport bool
 	runtimeDir   string
+	metricsAddr  string // --metrics-listen; "" is off
 	ready        readySpec
 	readyTimeout time.Duration
 	drainTimeout time.Duration
@@ -214,6 +218,7 @@ func runConfigFrom(c *cli.Context, command []string) (runConfig, error) {
 		maxFlows:     uint32(maxFlows),
 		name:         name,
 		runtimeDir:   c.String("runtime-dir"),
+		metricsAddr:  c.String("metrics-listen"),
 		tcpReuseport: c.Bool("tcp-reuseport"),
 		log:          log,
 	}, nil
