@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -26,6 +27,17 @@ type sdNotifier struct {
 
 	mu   sync.Mutex
 	conn *net.UnixConn
+	// upgrades counts upgrade requests in flight. The manager runs one
+	// and refuses the others at once, but each request is reported: only
+	// the first opens the RELOADING=1 and only the last closes it with
+	// READY=1, so that a refused request never tells systemd that the
+	// running upgrade is over.
+	upgrades int
+	// lastErr is the outcome of the last upgrade that ran (refusals do not
+	// count).
+	lastErr error
+	// stopped: STOPPING=1 was sent; no READY=1 or RELOADING=1 may follow.
+	stopped bool
 }
 
 // newSDNotifier returns nil when NOTIFY_SOCKET is not set.
@@ -44,16 +56,33 @@ func newSDNotifier(log *slog.Logger, mgr *generations.Manager) *sdNotifier {
 func (n *sdNotifier) send(lines ...string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.conn == nil {
-		c, err := net.DialUnix("unixgram", nil, n.addr)
-		if err != nil {
-			n.log.Warn("systemd notify socket", "err", err)
+	n.sendLocked(lines...)
+}
+
+// sendLocked writes one notification with mu held. A write that fails
+// (the manager's socket was replaced) is retried once on a new socket,
+// as sd_notify, which opens a socket per message, would have succeeded.
+func (n *sdNotifier) sendLocked(lines ...string) {
+	msg := []byte(strings.Join(lines, "\n"))
+	for attempt := 0; ; attempt++ {
+		if n.conn == nil {
+			c, err := net.DialUnix("unixgram", nil, n.addr)
+			if err != nil {
+				n.log.Warn("systemd notify socket", "err", err)
+				return
+			}
+			n.conn = c
+		}
+		_, err := n.conn.Write(msg)
+		if err == nil {
 			return
 		}
-		n.conn = c
-	}
-	if _, err := n.conn.Write([]byte(strings.Join(lines, "\n"))); err != nil {
-		n.log.Warn("systemd notify", "err", err)
+		n.conn.Close()
+		n.conn = nil
+		if attempt > 0 {
+			n.log.Warn("systemd notify", "err", err)
+			return
+		}
 	}
 }
 
@@ -72,28 +101,56 @@ func (n *sdNotifier) status() string {
 }
 
 func (n *sdNotifier) ready(err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.stopped {
+		return
+	}
 	if err != nil {
 		// Type=notify waits for READY=1: generation 1 serves anyway (it is
 		// working), so say so rather than let the start time out.
-		n.send("READY=1", "STATUS=generation 1 serving, not ready: "+err.Error())
+		n.sendLocked("READY=1", "STATUS=generation 1 serving, not ready: "+err.Error())
 		return
 	}
-	n.send("READY=1", n.status())
+	n.sendLocked("READY=1", n.status())
 }
 
 func (n *sdNotifier) upgradeStarted() {
-	n.send("RELOADING=1", fmt.Sprintf("MONOTONIC_USEC=%d", monotonicUsec()), "STATUS=upgrading")
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.upgrades++
+	if n.upgrades > 1 || n.stopped {
+		return // systemd already knows that the service is reloading
+	}
+	n.sendLocked("RELOADING=1", fmt.Sprintf("MONOTONIC_USEC=%d", monotonicUsec()), "STATUS=upgrading")
 }
 
 func (n *sdNotifier) upgradeDone(_ uint32, err error, _ time.Duration) {
-	st := n.status()
-	if err != nil {
-		st += "; last upgrade failed: " + err.Error()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.upgrades--
+	if !errors.Is(err, generations.ErrUpgradeInProgress) {
+		n.lastErr = err
 	}
-	n.send("READY=1", st)
+	if n.upgrades > 0 || n.stopped {
+		return
+	}
+	st := n.status()
+	if n.lastErr != nil {
+		st += "; last upgrade failed: " + n.lastErr.Error()
+	}
+	n.sendLocked("READY=1", st)
 }
 
-func (n *sdNotifier) stopping() { n.send("STOPPING=1") }
+func (n *sdNotifier) stopping() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.stopped {
+		return
+	}
+	n.stopped = true
+	n.sendLocked("STOPPING=1")
+}
 
 // statusLoop refreshes STATUS= (flows drain) until done is closed.
 func (n *sdNotifier) statusLoop(done <-chan struct{}) {
