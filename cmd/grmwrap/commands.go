@@ -46,6 +46,9 @@ func runUpgrade(c *cli.Context, command []string, dashes bool) error {
 		return exitError{code: 2, err: err}
 	}
 	if !resp.OK {
+		if resp.Refused {
+			return exitError{code: 1, err: fmt.Errorf("upgrade refused: %s", resp.Error)}
+		}
 		return exitError{code: 1, err: fmt.Errorf("upgrade failed, rolled back: %s", resp.Error)}
 	}
 	fmt.Fprintf(c.App.Writer, "generation %d working\n", resp.Generation)

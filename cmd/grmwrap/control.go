@@ -27,8 +27,11 @@ type request struct {
 }
 
 type response struct {
-	OK         bool    `json:"ok"`
-	Error      string  `json:"error,omitempty"`
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+	// Refused is set when the upgrade did not start at all (another one
+	// runs, or the service is stopping): nothing was rolled back.
+	Refused    bool    `json:"refused,omitempty"`
 	Generation uint32  `json:"generation,omitempty"`
 	Status     *Status `json:"status,omitempty"`
 }
@@ -129,7 +132,8 @@ func (c *controlServer) handle(conn net.Conn) {
 		gen, err := c.mgr.Upgrade(context.Background(), req.Argv, timeout)
 		c.obs.upgradeDone(gen, err, time.Since(start))
 		if err != nil {
-			c.reply(conn, response{Error: err.Error()})
+			refused := errors.Is(err, generations.ErrUpgradeInProgress) || errors.Is(err, generations.ErrNotRunning)
+			c.reply(conn, response{Error: err.Error(), Refused: refused})
 			return
 		}
 		c.reply(conn, response{OK: true, Generation: gen})
@@ -176,9 +180,9 @@ func (c *controlServer) status() Status {
 
 // findSupervisor returns the control socket for pid: the supervisor's own,
 // or that of the supervisor of the instance pid (its nearest ancestor that
-// has one).
+// has one). PID 1 counts: grmwrap may be a container's init.
 func findSupervisor(runtimeDir string, pid int) (string, error) {
-	for p := pid; p > 1; {
+	for p := pid; p > 0; {
 		path := controlPath(runtimeDir, p)
 		if _, err := os.Stat(path); err == nil {
 			return path, nil
