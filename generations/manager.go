@@ -468,6 +468,13 @@ func (m *Manager) quiesce(g *generation) {
 	}
 	m.log.Info("quiesce done: stopping generation", "generation", g.n, "signal", m.cfg.StopSignal)
 	m.stop(g)
+	// The drain ends with the generation exited (watch says so too, but
+	// maybe later): whoever waits for the drains sees its final state.
+	m.mu.Lock()
+	if g.state == StateStopping {
+		g.state = StateExited
+	}
+	m.mu.Unlock()
 }
 
 // stop sends the stop signal, then SIGKILL after the kill timeout, and
