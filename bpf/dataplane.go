@@ -268,28 +268,7 @@ func (d *DataPlane) Alive(cookie uint64) bool {
 // FlowCounts returns, for group gid, how many flows each generation has
 // that were seen within timeout.
 func (d *DataPlane) FlowCounts(gid uint32, timeout time.Duration) (map[uint32]int, error) {
-	now, err := coarseNow()
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[uint32]int)
-	var (
-		k reuseportGrmFlowKey
-		v reuseportGrmFlow
-	)
-	it := d.objs.Flows.Iterate()
-	for it.Next(&k, &v) {
-		if k.Group != gid {
-			continue
-		}
-		if now-v.SeenNs <= uint64(timeout.Nanoseconds()) {
-			out[v.Gen]++
-		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("iterate flows: %w", err)
-	}
-	return out, nil
+	return d.LiveFlows(map[uint32]bool{gid: true}, timeout)
 }
 
 // LiveFlows counts, per generation, the flows of the given groups seen
