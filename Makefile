@@ -56,7 +56,7 @@ fuzz: deps
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeSockaddr$$' -fuzztime=15s ./notify
 	$(GO) test -run='^$$' -fuzz='^FuzzParseListen$$' -fuzztime=15s ./notify
 
-# Data-plane benchmarks (root, about 1.5 minutes): writes docs/BENCHMARKS.md
+# Benchmarks (root, about 4 minutes): writes docs/BENCHMARKS.md
 # with every figure, the command and the machine, and prints it.
 bench: deps build
 	@mkdir -p bin

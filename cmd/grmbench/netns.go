@@ -46,14 +46,26 @@ func reexecInNetns() (int, error) {
 }
 
 // setupNetns makes the child's mounts private (nothing propagates back to
-// the host) and brings loopback up: a new network namespace starts with lo
-// down.
+// the host), mounts a bpffs of its own on /sys/fs/bpf and brings loopback
+// up: a new network namespace starts with lo down.
+//
+// The supervisors the benchmark starts pin their maps under
+// /sys/fs/bpf/grmwrap/NAME and leave them there when they exit (so that a
+// restarted supervisor finds its state). A bpffs mounted here is a new
+// instance seen only in this mount namespace: the pins die with it instead
+// of piling up in the host's bpffs.
 func setupNetns() error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
 	}
+	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount a private bpffs on %s: %w", bpffs, err)
+	}
 	return loopbackUp()
 }
+
+// bpffs is where grmwrap pins its maps.
+const bpffs = "/sys/fs/bpf"
 
 // loopbackUp sets IFF_UP on lo with SIOCGIFFLAGS and SIOCSIFFLAGS.
 func loopbackUp() error {

@@ -105,6 +105,14 @@ type report struct {
 
 	upgradeCfg upgradeConfig
 	upgrade    *upgradeResult
+	hotpathCfg hotpathConfig
+	hotpath    *hotpathResult
+	lossCfg    lossConfig
+	loss       *lossResult
+	scaleCfg   scaleConfig
+	scale      *scaleResult
+	bindCfg    bindConfig
+	bind       *bindResult
 }
 
 func (r *report) sectionCmd(section string) string {
@@ -129,7 +137,8 @@ func (r *report) markdown() string {
 		w("`%s`, which ran ", r.via)
 	}
 	w("`%s`. Every figure below comes from that one run, made as root inside a fresh network\n", r.command)
-	w("and mount namespace of its own (loopback only). The machine is shared and noisy: figures are\n")
+	w("and mount namespace of its own (loopback only; a bpffs of its own, so the maps the supervisors\n")
+	w("pin go away with it). The machine is shared and noisy: figures are\n")
 	w("compared only with figures measured side by side in the same run, and each is a median over\n")
 	w("interleaved rounds with the range (min-max) next to it.\n\n")
 	w("| machine | |\n|---|---|\n")
@@ -150,8 +159,20 @@ func (r *report) markdown() string {
 	if r.echo != nil {
 		r.echoSection(w)
 	}
+	if r.hotpath != nil {
+		r.hotpathSection(w)
+	}
 	if r.upgrade != nil {
 		r.upgradeSection(w)
+	}
+	if r.loss != nil {
+		r.lossSection(w)
+	}
+	if r.scale != nil {
+		r.scaleSection(w)
+	}
+	if r.bind != nil {
+		r.bindSection(w)
 	}
 	return b.String()
 }

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/grmwrap/grmwrap/internal/load"
 )
 
 func TestMedian(t *testing.T) {
@@ -130,5 +132,171 @@ func TestShellQuote(t *testing.T) {
 	want := `bin/grmbench -via 'make bench' -out docs/BENCHMARKS.md 'it'\''s' ''`
 	if got != want {
 		t.Errorf("shellQuote = %s, want %s", got, want)
+	}
+}
+
+func TestAnsweredBy(t *testing.T) {
+	for _, tc := range []struct {
+		in   []string
+		who  string
+		want int
+	}{
+		{nil, "", 0},
+		{[]string{"", ""}, "", 0},
+		{[]string{"", "7", "7"}, "7", 1},
+		{[]string{"7", "8", "7", "9", "8"}, "7", 3},
+	} {
+		if who, n := answeredBy(tc.in); who != tc.who || n != tc.want {
+			t.Errorf("answeredBy(%q) = %q, %d, want %q, %d", tc.in, who, n, tc.who, tc.want)
+		}
+	}
+}
+
+func TestJudgeFlow(t *testing.T) {
+	for _, tc := range []struct {
+		in    []string
+		split int
+		want  flowVerdict
+	}{
+		{[]string{"", "5"}, 0, flowNotEstablished},
+		{[]string{"", "5"}, 1, flowNotEstablished},
+		{[]string{"4", "5", "4"}, 2, flowSplitBefore},
+		{[]string{"4", "4"}, 1, flowSame},
+		{[]string{"", "4", "", "4"}, 2, flowSame},
+		{[]string{"4", "5"}, 1, flowMisrouted},
+		{[]string{"4", "4", "5"}, 1, flowMisrouted},
+		{[]string{"4", ""}, 1, flowUnanswered},
+		{[]string{"4"}, 1, flowUnanswered},
+		{[]string{"4"}, 5, flowUnanswered}, // split beyond what was sent
+	} {
+		if got := judgeFlow(tc.in, tc.split); got != tc.want {
+			t.Errorf("judgeFlow(%q, %d) = %d, want %d", tc.in, tc.split, got, tc.want)
+		}
+	}
+}
+
+func TestForwardOnly(t *testing.T) {
+	gens := map[string]uint32{"10": 1, "20": 2, "30": 3}
+	for _, tc := range []struct {
+		order []string
+		want  bool
+	}{
+		{nil, true},
+		{[]string{"10", "20", "30"}, true},
+		{[]string{"10", "30"}, true},
+		{[]string{"20", "10"}, false},
+		{[]string{"10", "99"}, false}, // not a generation's pid
+	} {
+		if got := forwardOnly(tc.order, gens); got != tc.want {
+			t.Errorf("forwardOnly(%q) = %v, want %v", tc.order, got, tc.want)
+		}
+	}
+}
+
+func TestParseBindLine(t *testing.T) {
+	r, err := parseBindLine("binds=2000 median_ns=494 p90_ns=558 p99_ns=672 min_ns=425 round_mean_ns=5037 reuseport_after_bind=3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.binds != 2000 || r.median != 494 || r.p90 != 558 || r.p99 != 672 || r.min != 425 || r.roundMean != 5037 || r.reuseport != 3 {
+		t.Errorf("parsed %+v", r)
+	}
+	for _, bad := range []string{"", "binds=1", "binds=x median_ns=1 p90_ns=1 p99_ns=1 min_ns=1 round_mean_ns=1 reuseport_after_bind=1"} {
+		if _, err := parseBindLine(bad); err == nil {
+			t.Errorf("parseBindLine(%q) accepted", bad)
+		}
+	}
+}
+
+func TestParseUDPDrops(t *testing.T) {
+	text := "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops            \n" +
+		" 1234: 0100007F:1D56 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1222429 2 0000000000000000 17        \n" +
+		" 5678: 00000000:A1B2 0100007F:1D56 01 00000000:00000000 00:00000000 00000000     0        0 99 2 0000000000000000 0         \n" +
+		"garbage\n"
+	got := parseUDPDrops(text)
+	want := []udpDropEntry{{port: 7510, inode: 1222429, drops: 17}, {port: 0xa1b2, inode: 99, drops: 0}}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("parseUDPDrops = %+v, want %+v", got, want)
+	}
+}
+
+func TestDropsNear(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	d := dropCount{samples: []dropSample{{at(0), 0}, {at(100), 5}, {at(200), 5}, {at(300), 9}, {at(400), 20}}}
+	// One upgrade at 150 ms with a 100 ms window: the samples (100,200] and
+	// (200,300] overlap [150,250].
+	drops, share := d.near(t0, []time.Duration{150 * time.Millisecond}, 100*time.Millisecond)
+	if drops != 4 || share != 0.5 {
+		t.Errorf("near = %d, %v; want 4, 0.5", drops, share)
+	}
+}
+
+// TestMarkdownNewSections renders the hot path, loss, scale and bind
+// sections from made-up figures.
+func TestMarkdownNewSections(t *testing.T) {
+	r := &report{
+		command:    "bin/grmbench",
+		machine:    machine{date: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)},
+		hotpathCfg: hotpathConfig{src: "echo.c", clients: 4, window: 4, payload: 64, round: time.Second, settle: time.Second},
+		hotpath: &hotpathResult{
+			rates:  [3][]float64{{100, 100}, {99, 100}, {90, 96}},
+			ratioB: []float64{0.99, 1}, ratioC: []float64{0.9, 0.96}, ratioCB: []float64{0.91, 0.96},
+			replies: [3]uint64{200, 199, 186}, elapsed: [3]time.Duration{time.Second, time.Second, time.Second},
+			runs: [3]uint64{0, 0, 190}, progID: 42, plainCmd: "echo-c 1", wrappedCmd: "grmwrap -- echo-c 2",
+		},
+		lossCfg: lossConfig{flows: 64, senders: 2, payload: 64, probe: 2 * time.Second, start: 20000, step: 20000,
+			fraction: 0.75, minSent: 1000000, upgrades: 10, drain: time.Second},
+		loss: &lossResult{
+			steps:  []rateStep{{rate: 20000, achieved: 19999, sent: 40000, ok: true}, {rate: 40000, achieved: 39000, sent: 78000, lost: 3}},
+			steady: 20000, rate: 15000, wrappedCmd: "grmwrap -- echo-c 3",
+			runs: []lossRun{
+				{name: "control 1, no upgrade", rate: 15000, duration: 67 * time.Second,
+					res: &load.Result{Sent: 1005000, Answered: 1005000, SendRate: 15000, Flows: make([]load.Flow, 64)}, liveAfter: 1},
+				{name: "upgrades", rate: 15000, upgrades: 10, duration: 67 * time.Second,
+					res:       &load.Result{Sent: 1005000, Answered: 1004990, Lost: 10, SendRate: 15000, Flows: make([]load.Flow, 64)},
+					upgradeMS: []float64{10, 12}, upgradeAt: []time.Duration{time.Second, 2 * time.Second},
+					gens: []lossGen{{gen: 1, pid: 100, answered: 4}, {gen: 2, pid: 101, answered: 6}}, liveAfter: 1,
+					serverDrop: 10, nearDrops: 4, nearShare: 0.16},
+			},
+		},
+		scaleCfg: scaleConfig{flows: 100000, newFlows: 100000, rate: 50000},
+		scale:    &scaleResult{wrappedCmd: "grmwrap -- echo-c 4", established: 100000, same: 100000, newByGen2: 100000, pid1: 7, pid2: 8},
+		bindCfg:  bindConfig{src: "bindloop.c", binds: 10},
+		bind: &bindResult{
+			runs: [3][]bindRun{{{median: 500}}, {{median: 200500, reuseport: 10}}, {{median: 20500}}},
+			cmds: [3]string{"bindloop", "grmwrap -- bindloop", "grmwrap -- bindloop x"}, procnetUS: []float64{180},
+		},
+	}
+	md := r.markdown()
+	for _, want := range []string{
+		"| **B/A, median of 2 triples** (min-max) | **0.995 (0.990-1.000)** (meets) | >= 0.99 |",
+		"| **C/A, median of 2 triples** (min-max) | **0.930 (0.900-0.960)** (**below target**) | >= 0.95 |",
+		"| program runs counted over whole rounds (settling and closing included) A / B / C | 0 / 0 / 190 ",
+		"| 40,000 | 39,000 | 78,000 | 3 |",
+		"rate of the upgrade run: **15,000 datagrams/s**",
+		"| run | control 1, no upgrade | upgrades | target |",
+		"| **lost** | **0** (control) | **10** (**above target**) | 0 |",
+		"| 4 / 6 (16%) |",
+		"| 2 | 101 | 6 |",
+		"| **misrouted** (answered after the upgrade by another instance) | **0** (meets) | 0 |",
+		"| trapped, managed (grmwrap binds it) | 200.50 |",
+		"| 200.0 | 10 of 10 |",
+		"`bin/grmbench -only bind -out /tmp/bind.md`",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+}
+
+func TestParseSyscallLine(t *testing.T) {
+	if ns, err := parseSyscallLine("syscalls=500000 mean_ns=153"); err != nil || ns != 153 {
+		t.Errorf("parseSyscallLine = %v, %v", ns, err)
+	}
+	for _, bad := range []string{"", "syscalls=0 mean_ns=1", "mean_ns=5", "binds=1 median_ns=2"} {
+		if _, err := parseSyscallLine(bad); err == nil {
+			t.Errorf("parseSyscallLine(%q) accepted", bad)
+		}
 	}
 }

@@ -51,7 +51,7 @@ func runUpgrade(cfg upgradeConfig, logf func(string, ...any)) (upgradeResult, er
 	const port = 7400
 	args := []string{"--runtime-dir", rt, "--log-format", "json", "--flow-timeout", "60s", "--drain-timeout", "60s",
 		"--", echo, strconv.Itoa(port)}
-	res.command = "grmwrap " + strings.Join(args[:len(args)-2], " ") + " -- echo-c " + strconv.Itoa(port)
+	res.command = "grmwrap " + strings.Join(args[:len(args)-3], " ") + " -- echo-c " + strconv.Itoa(port)
 	sup := exec.Command(cfg.grmwrap, args...)
 	logR, logW, err := os.Pipe()
 	if err != nil {

@@ -95,6 +95,16 @@ func (d *dataPlane) close() {
 	d.unlock()
 }
 
+// unpin removes the pinned maps after a clean stop: every instance is
+// gone, so no group needs them, and a flow table holds kernel memory until
+// it is unpinned. After a crash they stay, for the next supervisor.
+func (d *dataPlane) unpin() {
+	dir := bpf.PinDir(bpffsMount, stateName(d.cfg))
+	if err := os.RemoveAll(dir); err != nil {
+		d.cfg.log.Warn("unpin steering maps", "dir", dir, "err", err)
+	}
+}
+
 // groupIDs returns the ids of this supervisor's groups.
 func (d *dataPlane) groupIDs() map[uint32]bool {
 	ids := make(map[uint32]bool)

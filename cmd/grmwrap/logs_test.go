@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -32,10 +33,18 @@ func TestJSONLogs(t *testing.T) {
 	}
 	waitStderr(t, g, "quiesce done")
 	waitStderr(t, g, `"generation exited"`)
+	// The steering maps are pinned while grmwrap runs, and unpinned by a
+	// clean stop (a flow table holds kernel memory while pinned).
+	if pins, err := os.ReadDir("/sys/fs/bpf/grmwrap"); err != nil || len(pins) != 1 {
+		t.Fatalf("pinned state while running: %v, %v; want one directory", pins, err)
+	}
 	if err := g.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	g.Wait(t, wait)
+	if pins, _ := os.ReadDir("/sys/fs/bpf/grmwrap"); len(pins) != 0 {
+		t.Fatalf("pinned state left after a clean stop: %v", pins)
+	}
 
 	var msgs []string
 	for _, line := range strings.Split(strings.TrimSpace(g.Stderr()), "\n") {

@@ -341,6 +341,7 @@ func serve(ctx context.Context, cfg runConfig) error {
 				obs.stopping()
 				code := mgr.Stop(ssig)
 				mgr.Wait() // drains end before the data plane closes
+				dp.unpin()
 				return exitError{code: code}
 			}
 			s.log.Info("forwarding signal to the working instance", "signal", sig)
@@ -354,6 +355,7 @@ func serve(ctx context.Context, cfg runConfig) error {
 			obs.stopping()
 			mgr.Stop(syscall.SIGTERM)
 			mgr.Wait()
+			dp.unpin()
 			return exitError{code: code}
 		}
 	}

@@ -98,6 +98,12 @@ func setupChild() {
 		setupErr = fmt.Errorf("mount /proc: %w", err)
 		return
 	}
+	// A bpffs of the test's own: pinned maps vanish with the test, whatever
+	// the host has mounted at /sys/fs/bpf.
+	if err := syscall.Mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
+		setupErr = fmt.Errorf("mount bpffs: %w", err)
+		return
+	}
 	// grmwrap's runtime directory (locks, control sockets) is private too.
 	if err := os.MkdirAll("/run/grmwrap", 0o755); err != nil {
 		setupErr = fmt.Errorf("create /run/grmwrap: %w", err)
