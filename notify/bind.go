@@ -112,8 +112,7 @@ func (h *Handler) bindManaged(n notification, sock int, sa Sockaddr, raw []byte)
 		o, ok := h.owned[st.Ino]
 		h.mu.Unlock()
 		if ok && o.group.Addr == sa.Addr {
-			h.counters.bindRepeated.Add(1)
-			return replyOK, nil, generations.Socket{}
+			return reply{repeated: true}, nil, generations.Socket{}
 		}
 		return replyErr(unix.EINVAL), nil, generations.Socket{}
 	}

@@ -143,6 +143,8 @@ func (h *Handler) Serve(ctx context.Context, listener int, gen uint32) error {
 type reply struct {
 	errno unix.Errno
 	cont  bool
+	// repeated marks a re-delivered bind answered from the first result.
+	repeated bool
 }
 
 var (
@@ -174,7 +176,6 @@ func (h *Handler) handle(ctx context.Context, listener int, gen uint32, req *sec
 	case unix.SYS_BIND:
 		kind = "bind"
 		c.bindTrapped.Add(1)
-		before := c.bindRepeated.Load()
 		r, stale = h.bind(ctx, n)
 		switch {
 		case stale:
@@ -183,7 +184,8 @@ func (h *Handler) handle(ctx context.Context, listener int, gen uint32, req *sec
 		case r.errno != 0:
 			c.bindRefused.Add(1)
 			result = "refused"
-		case c.bindRepeated.Load() != before:
+		case r.repeated:
+			c.bindRepeated.Add(1)
 			result = "repeated"
 		default:
 			result = "managed"

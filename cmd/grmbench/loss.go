@@ -112,14 +112,14 @@ func runLoss(cfg lossConfig, logf func(string, ...any)) (lossResult, error) {
 	probe := func(rate float64) (bool, error) {
 		var step rateStep
 		for try := 0; try < 2; try++ {
-			u0 := udpSNMP()
+			u0 := load.UDPCounters()
 			r, err := load.Run(context.Background(), load.Config{Addr: addr, Flows: cfg.flows, Rate: rate, Duration: cfg.probe,
 				Grace: time.Second, Payload: cfg.payload, Senders: cfg.senders})
 			if err != nil {
 				return false, err
 			}
 			step = rateStep{rate: rate, achieved: r.SendRate, sent: r.Sent, lost: r.Lost + r.Dups + r.Stray,
-				drops: udpDrops(u0, udpSNMP()), slips: r.Slips, maxLagMS: r.MaxLagMS}
+				drops: udpDrops(u0, load.UDPCounters()), slips: r.Slips, maxLagMS: r.MaxLagMS}
 			step.ok = step.lost == 0 && r.SendRate >= 0.98*rate
 			res.steps = append(res.steps, step)
 			logf("  rate %.0f/s: sent at %.0f/s, %d lost: %v", rate, r.SendRate, r.Lost, step.ok)
@@ -204,7 +204,7 @@ func lossUpgradeRun(cfg lossConfig, sup *supervisor, addr string, port uint16, r
 		return err
 	}
 	c0, firstGen := st.Counters, st.Working
-	u0 := udpSNMP()
+	u0 := load.UDPCounters()
 	watch := watchDrops(port, 50*time.Millisecond)
 	type outcome struct {
 		r   *load.Result
@@ -241,7 +241,7 @@ func lossUpgradeRun(cfg lossConfig, sup *supervisor, addr string, port uint16, r
 		return out.err
 	}
 	run.res = out.r
-	run.drops = udpDrops(u0, udpSNMP())
+	run.drops = udpDrops(u0, load.UDPCounters())
 	if st, err = sup.waitLive(1, 10*time.Second); err != nil {
 		return err
 	}

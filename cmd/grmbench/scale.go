@@ -133,7 +133,7 @@ func runScale(cfg scaleConfig, logf func(string, ...any)) (scaleResult, error) {
 	gen1 := strconv.Itoa(res.pid1)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	ctx := context.Background()
-	u0 := udpSNMP()
+	u0 := load.UDPCounters()
 
 	// pass sends one datagram on each of n flows of s, then again on the
 	// flows nobody answered since from[i] datagrams (twice at most).
@@ -238,7 +238,7 @@ func runScale(cfg scaleConfig, logf func(string, ...any)) (scaleResult, error) {
 			res.flowsGen[k] = gs.Flows
 		}
 	}
-	res.drops = udpDrops(u0, udpSNMP())
+	res.drops = udpDrops(u0, load.UDPCounters())
 	ro, rn := old.Close(), fresh.Close()
 	res.stray, res.dups, res.sendErrors = ro.Stray+rn.Stray, ro.Dups+rn.Dups, ro.SendErrors+rn.SendErrors
 	return res, nil

@@ -270,33 +270,6 @@ func supervisorProgram(pid int) (*ebpf.Program, error) {
 	return found[0], nil
 }
 
-// udpSNMP reads the Udp counters of /proc/net/snmp (this network
-// namespace's).
-func udpSNMP() map[string]int64 {
-	b, err := os.ReadFile("/proc/net/snmp")
-	if err != nil {
-		return nil
-	}
-	var names []string
-	out := make(map[string]int64)
-	for _, line := range strings.Split(string(b), "\n") {
-		rest, ok := strings.CutPrefix(line, "Udp: ")
-		if !ok {
-			continue
-		}
-		if names == nil {
-			names = strings.Fields(rest)
-			continue
-		}
-		for i, v := range strings.Fields(rest) {
-			if i < len(names) {
-				out[names[i]], _ = strconv.ParseInt(v, 10, 64)
-			}
-		}
-	}
-	return out
-}
-
 // udpDrops formats how the kernel's UDP drop counters moved between two
 // readings.
 func udpDrops(before, after map[string]int64) string {

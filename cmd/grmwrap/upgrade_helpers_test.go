@@ -268,39 +268,12 @@ func startLoad(cfg load.Config) *loadRun {
 	return l
 }
 
-// udpStats reads the Udp line of /proc/net/snmp: the kernel's UDP counters
-// of the test's network namespace.
-func udpStats() map[string]int64 {
-	b, err := os.ReadFile("/proc/net/snmp")
-	if err != nil {
-		return nil
-	}
-	var names []string
-	out := make(map[string]int64)
-	for _, line := range strings.Split(string(b), "\n") {
-		rest, ok := strings.CutPrefix(line, "Udp: ")
-		if !ok {
-			continue
-		}
-		if names == nil {
-			names = strings.Fields(rest)
-			continue
-		}
-		for i, v := range strings.Fields(rest) {
-			if i < len(names) {
-				out[names[i]], _ = strconv.ParseInt(v, 10, 64)
-			}
-		}
-	}
-	return out
-}
-
 // udpDrops describes how the UDP drop counters moved since before (nil:
 // since the namespace was made): where
 // a loss happened (RcvbufErrors: a full receive queue, of a server or of
 // the load's own sockets; NoPorts: no socket at all).
 func udpDrops(before map[string]int64) string {
-	now := udpStats()
+	now := load.UDPCounters()
 	var parts []string
 	for _, k := range []string{"InErrors", "RcvbufErrors", "NoPorts", "MemErrors", "InCsumErrors"} {
 		parts = append(parts, fmt.Sprintf("%s +%d", k, now[k]-before[k]))
