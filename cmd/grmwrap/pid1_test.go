@@ -162,9 +162,19 @@ func lookPath(t *testing.T, name string) string {
 // test's to its own (the NSpid line of its status).
 func nsPIDs(t *testing.T, pid int) []int {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	ns, err := readNSpid(pid)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return ns
+}
+
+// readNSpid reads the NSpid line of process pid; it fails when the process
+// is gone.
+func readNSpid(pid int) ([]int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil, err
 	}
 	for _, l := range strings.Split(string(b), "\n") {
 		if f, ok := strings.CutPrefix(l, "NSpid:"); ok {
@@ -172,17 +182,16 @@ func nsPIDs(t *testing.T, pid int) []int {
 			for _, s := range strings.Fields(f) {
 				n, err := strconv.Atoi(s)
 				if err != nil {
-					t.Fatalf("NSpid %q: %v", l, err)
+					return nil, fmt.Errorf("NSpid %q: %w", l, err)
 				}
 				out = append(out, n)
 			}
 			if len(out) > 0 {
-				return out
+				return out, nil
 			}
 		}
 	}
-	t.Fatalf("process %d: no NSpid line", pid)
-	return nil
+	return nil, fmt.Errorf("process %d: no NSpid line", pid)
 }
 
 // serverOf returns the pid, as this test sees it, of grmwrap's child whose
@@ -190,7 +199,10 @@ func nsPIDs(t *testing.T, pid int) []int {
 func serverOf(t *testing.T, grmwrap, inner int) int {
 	t.Helper()
 	for _, k := range children(t, grmwrap) {
-		if ns := nsPIDs(t, k.pid); slices.Equal(ns[len(ns)-1:], []int{inner}) {
+		// Other children (an orphaned sleep) may exit between the listing
+		// and this read; they are not the one asked for.
+		ns, err := readNSpid(k.pid)
+		if err == nil && slices.Equal(ns[len(ns)-1:], []int{inner}) {
 			return k.pid
 		}
 	}
