@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -24,6 +25,31 @@ var _ = [1]struct{}{}[uint32(generations.DissectorNoop)-uint32(reuseportGrmDisse
 // MaxGroups is how many groups one data plane holds (group id 0 is
 // reserved).
 const MaxGroups = 1024
+
+// MaxSlots is how many sockets one generation can have on one address.
+const MaxSlots = 256
+
+// MaxFlowsLimit bounds Options.MaxFlows (a table of 2^25 entries, 2 GiB).
+const MaxFlowsLimit = 1 << 24
+
+// flowWays is GRM_FLOW_WAYS: entries per set of the flow table.
+const flowWays = 8
+
+// flowEntries is the size of the flow table that holds maxFlows flows:
+// the power of two at or above twice as many. At most half full, a flow
+// finds room in one of its two sets of 8 (simulated: no eviction in 10^6
+// flows placed into 2^21 entries), so live flows do not evict each other.
+func flowEntries(maxFlows uint32) uint32 {
+	want := max(2*uint64(maxFlows), 2*flowWays)
+	n := uint32(1) << bits.Len64(want-1)
+	return n
+}
+
+// maxSockets is how many managed sockets one data plane holds.
+const maxSockets = 65536
+
+// banks is how many banks of slots a group has (grmwrap.h GRM_BANKS).
+const banks = 2
 
 // Options configure Load.
 type Options struct {
@@ -47,6 +73,28 @@ type DataPlane struct {
 
 	mu    sync.Mutex
 	progs map[uint32]*ebpf.Program // by group id
+
+	// Mirrors of what the maps hold, under mu.
+	socks   map[uint64]sockRef     // by cookie
+	used    []bool                 // socket indexes in use
+	next    uint32                 // where the search for a free index starts
+	slotOf  map[slotKey]uint64     // (group, generation, slot) -> cookie
+	bankSet map[uint32]*groupBanks // by group id
+}
+
+// sockRef is where a managed socket sits.
+type sockRef struct {
+	gid, gen, index, epoch uint32
+}
+
+type slotKey struct{ gid, gen, slot uint32 }
+
+// groupBanks records which generation each bank of a group holds (0:
+// none) and which bank the published state points at (-1: none).
+type groupBanks struct {
+	gen  [banks]uint32
+	live int
+	val  reuseportGrmGroup // the group's element as last written
 }
 
 // Load loads the program and creates (or reopens) its maps.
@@ -61,7 +109,18 @@ func Load(opts Options) (*DataPlane, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load program spec: %w", err)
 	}
-	spec.Maps["flows"].MaxEntries = opts.MaxFlows
+	if opts.MaxFlows > MaxFlowsLimit {
+		return nil, fmt.Errorf("flow table of %d flows: at most %d", opts.MaxFlows, MaxFlowsLimit)
+	}
+	entries := flowEntries(opts.MaxFlows)
+	sets := entries / flowWays
+	spec.Maps["flows"].MaxEntries = entries
+	if err := spec.Variables["flow_set_mask"].Set(sets - 1); err != nil {
+		return nil, fmt.Errorf("set flow table size: %w", err)
+	}
+	if err := spec.Variables["flow_set_shift"].Set(uint32(32 - bits.TrailingZeros32(sets))); err != nil {
+		return nil, fmt.Errorf("set flow table size: %w", err)
+	}
 	if err := spec.Variables["refresh_ns"].Set(uint64(opts.Refresh.Nanoseconds())); err != nil {
 		return nil, fmt.Errorf("set refresh interval: %w", err)
 	}
@@ -76,12 +135,23 @@ func Load(opts Options) (*DataPlane, error) {
 			m.Pinning = ebpf.PinNone
 		}
 	}
-	d := &DataPlane{spec: spec, progs: make(map[uint32]*ebpf.Program)}
+	d := &DataPlane{
+		spec:    spec,
+		progs:   make(map[uint32]*ebpf.Program),
+		socks:   make(map[uint64]sockRef),
+		used:    make([]bool, maxSockets),
+		slotOf:  make(map[slotKey]uint64),
+		bankSet: make(map[uint32]*groupBanks),
+	}
 	if err := spec.LoadAndAssign(&d.objs, &copts); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return nil, fmt.Errorf("maps pinned in %s do not match this grmwrap (another version or --max-flows); remove them to start afresh: %w", opts.PinDir, err)
 		}
 		return nil, fmt.Errorf("create steering maps: %w", err)
+	}
+	if err := d.restore(); err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("reopen steering maps: %w", err)
 	}
 	// Load one copy now: a program the verifier refuses fails here, at
 	// start, not at the first bind.
@@ -126,6 +196,7 @@ func (d *DataPlane) Program(gid uint32) (*ebpf.Program, error) {
 	}
 	err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 		"sockets":       d.objs.Sockets,
+		"epochs":        d.objs.Epochs,
 		"socket_groups": d.objs.SocketGroups,
 		"slots":         d.objs.Slots,
 		"groups":        d.objs.Groups,
@@ -143,128 +214,6 @@ func (d *DataPlane) Program(gid uint32) (*ebpf.Program, error) {
 	return objs.Prog, nil
 }
 
-// SetGroup writes group gid's state. Working generation and count change in
-// one 8-byte word, so the program never sees one without the other.
-func (d *DataPlane) SetGroup(gid uint32, st generations.GroupState) error {
-	if gid == 0 || gid >= MaxGroups {
-		return fmt.Errorf("group id %d out of range 1..%d", gid, MaxGroups-1)
-	}
-	v := reuseportGrmGroup{
-		GenCount:       uint64(st.WorkingGen)<<32 | uint64(st.Count),
-		Dissector:      uint32(st.Dissector),
-		FlowTimeoutSec: uint32(st.FlowTimeout.Round(time.Second) / time.Second),
-	}
-	if err := d.objs.Groups.Update(gid, v, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("update group %d: %w", gid, err)
-	}
-	return nil
-}
-
-// ClearGroup resets group gid's state and counters (the group is no longer
-// used).
-func (d *DataPlane) ClearGroup(gid uint32) error {
-	if err := d.objs.Groups.Update(gid, reuseportGrmGroup{}, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("clear group %d: %w", gid, err)
-	}
-	zero := make([]reuseportGrmCounters, ebpf.MustPossibleCPU())
-	if err := d.objs.Counters.Update(gid, zero, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("clear counters of group %d: %w", gid, err)
-	}
-	// The kernel keeps a program attached to a group alive; our handle
-	// goes, and a re-created group gets a fresh copy.
-	d.mu.Lock()
-	if p := d.progs[gid]; p != nil {
-		p.Close()
-		delete(d.progs, gid)
-	}
-	d.mu.Unlock()
-	return nil
-}
-
-// AddSocket puts the bound socket f into group gid as (gen, slot): it
-// enters the sockets map, its group gets the program attached, and the slot
-// points at it. It returns the socket's cookie. f stays the caller's.
-func (d *DataPlane) AddSocket(gid, gen, slot uint32, f *os.File) (uint64, error) {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return 0, fmt.Errorf("socket handle: %w", err)
-	}
-	var (
-		cookie uint64
-		aerr   error
-	)
-	// Control keeps the fd's blocking mode (Fd would change the server's
-	// shared file description to blocking).
-	if err := rc.Control(func(fd uintptr) { cookie, aerr = d.addSocket(gid, gen, slot, int(fd)) }); err != nil {
-		return 0, fmt.Errorf("socket handle: %w", err)
-	}
-	return cookie, aerr
-}
-
-func (d *DataPlane) addSocket(gid, gen, slot uint32, fd int) (uint64, error) {
-	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
-	if err != nil {
-		return 0, fmt.Errorf("socket cookie: %w", err)
-	}
-	if err := d.objs.SocketGroups.Update(cookie, gid, ebpf.UpdateAny); err != nil {
-		return 0, fmt.Errorf("record socket group: %w", err)
-	}
-	if err := d.objs.Sockets.Update(cookie, uint64(fd), ebpf.UpdateAny); err != nil {
-		d.RemoveSocket(cookie)
-		return 0, fmt.Errorf("insert socket into sockhash: %w", err)
-	}
-	prog, err := d.Program(gid)
-	if err != nil {
-		d.RemoveSocket(cookie)
-		return 0, err
-	}
-	// The program belongs to the reuseport group; attaching again is
-	// harmless and covers a group that emptied and was re-created.
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_EBPF, prog.FD()); err != nil {
-		d.RemoveSocket(cookie)
-		return 0, fmt.Errorf("attach reuseport program: %w", err)
-	}
-	if err := d.SetSlot(gid, gen, slot, cookie); err != nil {
-		d.RemoveSocket(cookie)
-		return 0, err
-	}
-	return cookie, nil
-}
-
-// SetSlot points (gid, gen, slot) at the socket with cookie.
-func (d *DataPlane) SetSlot(gid, gen, slot uint32, cookie uint64) error {
-	k := reuseportGrmSlotKey{Group: gid, Gen: gen, Slot: slot}
-	if err := d.objs.Slots.Update(k, cookie, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("set slot %d/%d/%d: %w", gid, gen, slot, err)
-	}
-	return nil
-}
-
-// DeleteSlot empties (gid, gen, slot).
-func (d *DataPlane) DeleteSlot(gid, gen, slot uint32) error {
-	k := reuseportGrmSlotKey{Group: gid, Gen: gen, Slot: slot}
-	if err := d.objs.Slots.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("delete slot %d/%d/%d: %w", gid, gen, slot, err)
-	}
-	return nil
-}
-
-// RemoveSocket takes the socket with cookie out of steering. It is a no-op
-// for a socket already gone (the kernel drops closed sockets from the
-// sockhash by itself).
-func (d *DataPlane) RemoveSocket(cookie uint64) {
-	// Missing keys are expected: the socket may have closed already.
-	_ = d.objs.Sockets.Delete(cookie)
-	_ = d.objs.SocketGroups.Delete(cookie)
-}
-
-// Alive reports whether the socket with cookie is still in the sockhash
-// (the kernel removes a socket when it is closed).
-func (d *DataPlane) Alive(cookie uint64) bool {
-	var v uint64
-	return d.objs.Sockets.Lookup(cookie, &v) == nil
-}
-
 // FlowCounts returns, for group gid, how many flows each generation has
 // that were seen within timeout.
 func (d *DataPlane) FlowCounts(gid uint32, timeout time.Duration) (map[uint32]int, error) {
@@ -272,27 +221,30 @@ func (d *DataPlane) FlowCounts(gid uint32, timeout time.Duration) (map[uint32]in
 }
 
 // LiveFlows counts, per generation, the flows of the given groups seen
-// within timeout, in one pass over the flow table.
+// within timeout, in one pass over the flow table. A flow counts for the
+// generation of its socket while that socket is in the data plane.
 func (d *DataPlane) LiveFlows(groups map[uint32]bool, timeout time.Duration) (map[uint32]int, error) {
 	now, err := coarseNow()
 	if err != nil {
 		return nil, err
 	}
+	type owner struct{ epoch, gen uint32 }
+	d.mu.Lock()
+	byIndex := make(map[uint32]owner, len(d.socks))
+	for _, r := range d.socks {
+		byIndex[r.index] = owner{r.epoch, r.gen}
+	}
+	d.mu.Unlock()
 	out := make(map[uint32]int)
-	var (
-		k reuseportGrmFlowKey
-		v reuseportGrmFlow
-	)
-	it := d.objs.Flows.Iterate()
-	for it.Next(&k, &v) {
-		if groups[k.Group] && now-v.SeenNs <= uint64(timeout.Nanoseconds()) {
-			out[v.Gen]++
+	err = d.scanFlows(func(_ uint32, f *reuseportGrmFlow) {
+		if !groups[f.Key.Group] || now-f.SeenNs > uint64(timeout.Nanoseconds()) {
+			return
 		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("iterate flows: %w", err)
-	}
-	return out, nil
+		if o, ok := byIndex[f.Index]; ok && o.epoch == f.Epoch {
+			out[o.gen]++
+		}
+	})
+	return out, err
 }
 
 // coarseNow reads CLOCK_MONOTONIC_COARSE, the clock of
@@ -387,23 +339,26 @@ func PinDir(mountPoint, name string) string {
 var _ generations.DataPlane = (*DataPlane)(nil)
 
 // LiveGroups returns the group ids that still have an open socket (left by
-// an earlier supervisor whose maps were reopened), and forgets the sockets
-// of the others.
+// an earlier supervisor whose maps were reopened), keeps their socket
+// indexes out of use, and forgets the sockets of the others.
 func (d *DataPlane) LiveGroups() (map[uint32]bool, error) {
 	live := make(map[uint32]bool)
 	var (
 		cookie uint64
-		gid    uint32
+		ref    reuseportGrmSocketRef
 		dead   []uint64
 	)
+	d.mu.Lock()
 	it := d.objs.SocketGroups.Iterate()
-	for it.Next(&cookie, &gid) {
-		if d.Alive(cookie) {
-			live[gid] = true
+	for it.Next(&cookie, &ref) {
+		if d.aliveLocked(cookie) && ref.Index < maxSockets {
+			live[ref.Group] = true
+			d.used[ref.Index] = true
 		} else {
 			dead = append(dead, cookie)
 		}
 	}
+	d.mu.Unlock()
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("iterate socket groups: %w", err)
 	}

@@ -8,6 +8,13 @@
  * (id 0 is reserved for traffic that reached no known group). */
 #define GRM_MAX_GROUPS 1024
 #define GRM_MAX_SOCKETS 65536
+/* Sockets of one generation in one group (the slots of a bank). */
+#define GRM_MAX_SLOTS 256
+/* Each group has two banks of slots: the working generation's, and one
+ * filled ahead of a flip. */
+#define GRM_BANKS 2
+/* Entries per set of the flow table. */
+#define GRM_FLOW_WAYS 8
 
 /* How a group decides what a flow is. */
 enum grm_dissector {
@@ -16,21 +23,30 @@ enum grm_dissector {
 };
 
 /* Per-group state, one element of the groups array, written by user space.
- * gen_count packs (working generation << 32 | its socket count) so that one
- * 8-byte load reads both. */
+ * state packs (working generation << 32 | bank << 16 | socket count) so
+ * that one 8-byte load reads all three: the bank holds the working
+ * generation's slots, and its first count slots are filled. */
 struct grm_group {
-	__u64 gen_count;
+	__u64 state;
 	__u32 dissector;
-	__u32 flow_timeout_sec; /* a flow idle this long is over */
+	__u32 flow_timeout_sec;      /* a flow idle this long is over */
+	__u32 bank_gen[GRM_BANKS];   /* generation in each bank (0: none), for user space */
 };
 
-/* A slot of a generation: the key of the slots map, whose value is the
- * socket cookie that sits in the slot. Slots of the working generation are
- * dense, 0..count-1. */
-struct grm_slot_key {
+/* A slot: one element of the slots array, at
+ * ((group * GRM_BANKS + bank) * GRM_MAX_SLOTS + slot). It names a socket by
+ * its index in the sockets array and the epoch of that index; epoch 0 is
+ * an empty slot. */
+struct grm_slot {
+	__u32 index;
+	__u32 epoch;
+};
+
+/* User space's record of a live socket (the socket_groups map, by cookie),
+ * for a restarted supervisor. */
+struct grm_socket_ref {
 	__u32 group;
-	__u32 gen;
-	__u32 slot;
+	__u32 index;
 };
 
 /* A flow: the exact 4-tuple within a group. IPv4 addresses are stored
@@ -44,12 +60,21 @@ struct grm_flow_key {
 	__u8 local_addr[16];
 };
 
-/* Where a flow goes and when it was last seen (coarse). */
+/* One entry of the flow table: 64 bytes, one cache line. The table is an
+ * array of sets of GRM_FLOW_WAYS entries; a flow lives in one of two sets
+ * chosen by the kernel's reuseport hash of its 4-tuple, and the ways of a
+ * set fill in order (an entry is reused, never emptied). seq is odd while
+ * the entry is being written: readers skip it, writers claim it with a
+ * compare-and-swap. The socket is (index, epoch): an index is reused only
+ * under a new epoch, so a flow of a closed socket never follows its index
+ * to another socket. */
 struct grm_flow {
-	__u64 cookie;  /* the socket serving the flow */
-	__u64 seen_ns; /* bpf_ktime_get_coarse_ns, refreshed at most every GRM_REFRESH_NS */
-	__u32 gen;     /* generation of that socket, for per-generation counts */
-	__u32 pad;
+	__u32 seq;
+	__u32 timeout_sec;         /* the group's flow timeout when written */
+	struct grm_flow_key key;   /* key.group 0: never used */
+	__u64 seen_ns;             /* bpf_ktime_get_coarse_ns, refreshed at most every refresh_ns */
+	__u32 index;               /* the serving socket's index in the sockets array */
+	__u32 epoch;               /* ... and that index's epoch when the flow was written */
 };
 
 /* Per-CPU counters of one group: every branch of the program counts. The
@@ -68,7 +93,8 @@ struct grm_counters {
 	__u64 rx_new_flow_working_gen_dispatch_ok;
 	__u64 rx_new_flow_working_gen_dispatch_error; /* slot empty or socket gone */
 	__u64 rx_no_working_socket;      /* the working generation has no socket */
-	__u64 rx_flow_create_error;      /* flow table update failed */
+	__u64 rx_flow_create_error;      /* flow entry not written: its candidates were being written */
+	__u64 rx_flow_evicted;           /* a live flow's entry taken: both its sets were full */
 	__u64 rx_noop_total;             /* packets of noop groups */
 	__u64 rx_fallback_kernel;        /* nothing selected: the kernel's hash decides */
 };

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/bits"
 	"net/netip"
 	"os"
 	"slices"
@@ -412,33 +411,22 @@ func (e *env) wantFlowCounts(gid uint32, timeout time.Duration, want map[uint32]
 
 // flowEntry is one decoded entry of the flow table.
 type flowEntry struct {
-	key           reuseportGrmFlowKey
-	val           reuseportGrmFlow
+	Flow
 	remote, local netip.AddrPort
 }
 
 // flowTable returns the flow table's entries of group gid.
 func (e *env) flowTable(gid uint32) []flowEntry {
 	e.t.Helper()
-	var (
-		k   reuseportGrmFlowKey
-		v   reuseportGrmFlow
-		out []flowEntry
-	)
-	it := e.d.objs.Flows.Iterate()
-	for it.Next(&k, &v) {
-		if k.Group != gid {
-			continue
-		}
-		out = append(out, flowEntry{
-			key:    k,
-			val:    v,
-			remote: netip.AddrPortFrom(netip.AddrFrom16(k.RemoteAddr), bits.ReverseBytes16(k.RemotePort)),
-			local:  netip.AddrPortFrom(netip.AddrFrom16(k.LocalAddr), bits.ReverseBytes16(k.LocalPort)),
-		})
+	all, err := e.d.Flows()
+	if err != nil {
+		e.t.Fatalf("read flows: %v", err)
 	}
-	if err := it.Err(); err != nil {
-		e.t.Fatalf("iterate flows: %v", err)
+	var out []flowEntry
+	for _, f := range all {
+		if f.Group == gid {
+			out = append(out, flowEntry{Flow: f, remote: f.Remote, local: f.Local})
+		}
 	}
 	return out
 }
@@ -446,19 +434,11 @@ func (e *env) flowTable(gid uint32) []flowEntry {
 // flowEntries counts the entries of the flow table, all groups.
 func (e *env) flowEntries() int {
 	e.t.Helper()
-	var (
-		k reuseportGrmFlowKey
-		v reuseportGrmFlow
-		n int
-	)
-	it := e.d.objs.Flows.Iterate()
-	for it.Next(&k, &v) {
-		n++
+	all, err := e.d.Flows()
+	if err != nil {
+		e.t.Fatalf("read flows: %v", err)
 	}
-	if err := it.Err(); err != nil {
-		e.t.Fatalf("iterate flows: %v", err)
-	}
-	return n
+	return len(all)
 }
 
 // sole returns the socket that received all of a flow's datagrams, failing

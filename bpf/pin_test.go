@@ -79,7 +79,7 @@ func TestPinnedStateSurvivesReload(t *testing.T) {
 	first := e.roundtrip(old, 2)
 	wantAllIn(t, "before the reload", first, gen1, true)
 
-	for _, name := range []string{"sockets", "socket_groups", "slots", "groups", "flows", "counters"} {
+	for _, name := range []string{"sockets", "epochs", "socket_groups", "slots", "groups", "flows", "counters"} {
 		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
 			t.Errorf("map %s not pinned: %v", name, err)
 		}
@@ -106,7 +106,7 @@ func TestPinnedStateSurvivesReload(t *testing.T) {
 	if err := d2.objs.Groups.Lookup(uint32(gid), &g); err != nil {
 		t.Fatal(err)
 	}
-	if want := (reuseportGrmGroup{GenCount: 1<<32 | n, Dissector: uint32(flowDis), FlowTimeoutSec: 3600}); g != want {
+	if want := (reuseportGrmGroup{State: 1<<32 | n, Dissector: uint32(flowDis), FlowTimeoutSec: 3600, BankGen: [banks]uint32{1, 2}}); g != want {
 		t.Errorf("group %d after reload = %+v, want %+v", gid, g, want)
 	}
 	after, err := d2.Counters(gid)
@@ -149,10 +149,10 @@ func TestPinnedStateSurvivesReload(t *testing.T) {
 		got := 0
 		var (
 			cookie uint64
-			id     uint32
+			ref    reuseportGrmSocketRef
 		)
 		it := d2.objs.SocketGroups.Iterate()
-		for it.Next(&cookie, &id) {
+		for it.Next(&cookie, &ref) {
 			got++
 		}
 		if err := it.Err(); err != nil {
@@ -214,7 +214,7 @@ func TestPinnedIncompatibleMaxFlows(t *testing.T) {
 	if err := d.objs.Groups.Lookup(uint32(1), &g); err != nil {
 		t.Fatal(err)
 	}
-	if g.GenCount != 1<<32|1 {
+	if g.State>>32 != 1 || g.State&0xffff != 1 {
 		t.Errorf("group 1 after the refusal: %+v", g)
 	}
 }

@@ -23,31 +23,52 @@ volatile const __u64 refresh_ns = 1000000000ULL;
  * copy, loaded with its id, so a packet needs no lookup to find its group. */
 volatile const __u32 group_id = 0;
 
-/* The managed sockets, by cookie. */
+/* Sets of the flow table - 1, and 32 - log2(sets): a flow's first set is
+ * hash & mask, its second the top bits of hash * 2654435761. */
+volatile const __u32 flow_set_mask = 0;
+volatile const __u32 flow_set_shift = 32;
+
+#define READ_ONCE32(x) (*(volatile __u32 *)&(x))
+
+/* The managed sockets, by index (handed out by user space). A socket's
+ * index is stable while it lives, so flows can name it; the kernel empties
+ * the element when the socket closes. Unlike a sockmap, this array leaves
+ * the socket's own receive path untouched. */
 struct {
-	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(type, BPF_MAP_TYPE_REUSEPORT_SOCKARRAY);
 	__uint(max_entries, GRM_MAX_SOCKETS);
-	__type(key, __u64);
+	__type(key, __u32);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sockets SEC(".maps");
 
-/* Socket cookie -> group id: user space's record of live sockets (for a
- * restarted supervisor); not read per packet. */
+/* The epoch of every socket index: bumped when the index is handed out
+ * and when it is freed. A flow records it and is only followed while it
+ * still matches. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRM_MAX_SOCKETS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} epochs SEC(".maps");
+
+/* Socket cookie -> (group, index): user space's record of live sockets
+ * (for a restarted supervisor); not read per packet. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, GRM_MAX_SOCKETS);
 	__type(key, __u64);
-	__type(value, __u32);
+	__type(value, struct grm_socket_ref);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } socket_groups SEC(".maps");
 
-/* (group, generation, slot) -> socket cookie. */
+/* The slots of every group's two banks. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, GRM_MAX_SOCKETS);
-	__type(key, struct grm_slot_key);
-	__type(value, __u64);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRM_MAX_GROUPS * GRM_BANKS * GRM_MAX_SLOTS);
+	__type(key, __u32);
+	__type(value, struct grm_slot);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } slots SEC(".maps");
 
@@ -59,11 +80,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } groups SEC(".maps");
 
-/* The flow table; its size is set at load time (--max-flows). */
+/* The flow table: sets of GRM_FLOW_WAYS entries. Its size (a power of two)
+ * is set at load time from --max-flows, with flow_set_mask and
+ * flow_set_shift to match. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 65536);
-	__type(key, struct grm_flow_key);
+	__type(key, __u32);
 	__type(value, struct grm_flow);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } flows SEC(".maps");
@@ -115,29 +138,125 @@ static __always_inline int flow_key(struct sk_reuseport_md *md, struct grm_flow_
 	return -1;
 }
 
-/* select_working picks slot md->hash % count of the working generation, and
- * the next slot once if that one is empty (a socket just closed; user space
- * repacks). On success *cookie is the chosen socket. */
-static __always_inline int select_working(struct sk_reuseport_md *md, __u32 group, __u32 gen,
-					  __u32 count, __u64 *cookie)
+/* try_slot selects the socket in slot i of a bank (base is the bank's
+ * first element). */
+static __always_inline int try_slot(struct sk_reuseport_md *md, __u32 base, __u32 i, struct grm_slot *out)
 {
-	struct grm_slot_key sk = {.group = group, .gen = gen, .slot = md->hash % count};
-	__u64 *c;
+	__u32 k = base + (i & (GRM_MAX_SLOTS - 1));
+	struct grm_slot *s = bpf_map_lookup_elem(&slots, &k);
 
-	c = bpf_map_lookup_elem(&slots, &sk);
-	if (c && bpf_sk_select_reuseport(md, &sockets, c, 0) == 0) {
-		*cookie = *c;
+	if (!s || !s->epoch)
+		return -1;
+	*out = *s;
+	return bpf_sk_select_reuseport(md, &sockets, &out->index, 0) ? -1 : 0;
+}
+
+/* select_working picks slot (md->hash * count) >> 32 of the working bank
+ * (the hash scaled to 0..count-1 without a division), and the next slot
+ * once if that one is empty or its socket closed (user space repacks). On
+ * success *out is the chosen slot. */
+static __always_inline int select_working(struct sk_reuseport_md *md, __u32 base, __u32 count,
+					  struct grm_slot *out)
+{
+	__u32 i = ((__u64)md->hash * count) >> 32;
+
+	if (try_slot(md, base, i, out) == 0)
 		return 0;
-	}
 	if (count < 2)
 		return -1;
-	sk.slot = (sk.slot + 1) % count;
-	c = bpf_map_lookup_elem(&slots, &sk);
-	if (c && bpf_sk_select_reuseport(md, &sockets, c, 0) == 0) {
-		*cookie = *c;
-		return 0;
+	return try_slot(md, base, i + 1 < count ? i + 1 : 0, out);
+}
+
+/* A set of the flow table, scanned for a key. */
+struct set_scan {
+	struct grm_flow *hit;     /* the key's entry */
+	struct grm_flow *expired; /* first entry whose flow is over */
+	struct grm_flow *oldest;  /* least recently seen live entry */
+	struct grm_flow *unused;  /* first never-used entry */
+	__u64 oldest_seen;
+	__u32 used;               /* entries before the first never-used one */
+};
+
+/* Where a hit was read: a consistent copy of its socket and time. */
+struct flow_snap {
+	__u64 seen_ns;
+	__u32 index;
+	__u32 epoch;
+};
+
+static __always_inline int key_eq(const struct grm_flow *e, const struct grm_flow_key *k)
+{
+	const __u64 *a = (const __u64 *)&e->key, *b = (const __u64 *)k;
+
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4];
+}
+
+/* scan_set looks for key k in set; it stops at a hit or at the first
+ * never-used entry (ways fill in order). Entries being written are
+ * skipped. Expiry of other entries is judged by their own timeout. */
+static __always_inline void scan_set(__u32 set, const struct grm_flow_key *k, __u64 now,
+				     struct set_scan *sc, struct flow_snap *snap)
+{
+	sc->hit = sc->expired = sc->oldest = sc->unused = 0;
+	sc->oldest_seen = ~0ULL;
+	sc->used = GRM_FLOW_WAYS;
+#pragma unroll
+	for (__u32 w = 0; w < GRM_FLOW_WAYS; w++) {
+		__u32 i = set * GRM_FLOW_WAYS + w;
+		struct grm_flow *e = bpf_map_lookup_elem(&flows, &i);
+		__u32 s1;
+		__u64 seen;
+
+		if (!e)
+			return;
+		s1 = READ_ONCE32(e->seq);
+		if (s1 & 1)
+			continue;
+		barrier();
+		if (e->key.group == 0) {
+			sc->unused = e;
+			sc->used = w;
+			return;
+		}
+		seen = e->seen_ns;
+		if (key_eq(e, k)) {
+			snap->seen_ns = seen;
+			snap->index = e->index;
+			snap->epoch = e->epoch;
+			barrier();
+			if (READ_ONCE32(e->seq) != s1)
+				continue; /* rewritten while read */
+			sc->hit = e;
+			return;
+		}
+		if (now - seen > (__u64)e->timeout_sec * 1000000000ULL) {
+			if (!sc->expired)
+				sc->expired = e;
+		} else if (seen < sc->oldest_seen) {
+			sc->oldest_seen = seen;
+			sc->oldest = e;
+		}
 	}
-	return -1;
+}
+
+/* flow_write claims entry e and writes the flow into it. It fails when
+ * another CPU is writing e. */
+static __always_inline int flow_write(struct grm_flow *e, const struct grm_flow_key *k, __u64 now,
+				      __u32 timeout, const struct grm_slot *sel)
+{
+	__u32 s = READ_ONCE32(e->seq);
+
+	if (s & 1)
+		return -1;
+	if (__sync_val_compare_and_swap(&e->seq, s, s + 1) != s)
+		return -1;
+	__builtin_memcpy(&e->key, k, sizeof(*k));
+	e->timeout_sec = timeout;
+	e->seen_ns = now;
+	e->index = sel->index;
+	e->epoch = sel->epoch;
+	__sync_fetch_and_add(&e->seq, 1);
+	return 0;
 }
 
 SEC("sk_reuseport")
@@ -145,19 +264,23 @@ int grm_reuseport(struct sk_reuseport_md *md)
 {
 	struct grm_counters *cnt;
 	struct grm_group *g;
-	struct grm_flow_key key;
-	struct grm_flow *f;
-	__u64 cookie, now = 0, gc;
-	__u32 gid = group_id, gen, count;
+	struct grm_flow_key key __attribute__((aligned(8)));
+	struct set_scan sa = {}, sb = {};
+	struct flow_snap snap = {};
+	struct grm_flow *hit = 0;
+	struct grm_slot sel;
+	__u64 now = 0, st;
+	__u32 gid = group_id, gen, count, base, set_a, set_b;
 
 	cnt = bpf_map_lookup_elem(&counters, &gid);
 	g = bpf_map_lookup_elem(&groups, &gid);
 	if (!cnt || !g)
 		return SK_PASS; /* gid out of range: cannot happen, user space checks it */
 	cnt->rx_processed_total++;
-	gc = *(volatile __u64 *)&g->gen_count;
-	gen = gc >> 32;
-	count = (__u32)gc;
+	st = *(volatile __u64 *)&g->state;
+	gen = st >> 32;
+	count = st & 0xffff;
+	base = (gid * GRM_BANKS + ((st >> 16) & 1)) * GRM_MAX_SLOTS;
 	if (gen == 0) {
 		/* Group state never written: nothing to steer by. */
 		cnt->rx_internal_state_error++;
@@ -177,23 +300,36 @@ int grm_reuseport(struct sk_reuseport_md *md)
 	}
 	cnt->rx_dissected_ok_total++;
 	now = bpf_ktime_get_coarse_ns();
-	f = bpf_map_lookup_elem(&flows, &key);
-	if (!f) {
+	set_a = md->hash & flow_set_mask;
+	scan_set(set_a, &key, now, &sa, &snap);
+	hit = sa.hit;
+	if (!hit) {
+		set_b = (md->hash * 2654435761U) >> flow_set_shift;
+		if (set_b == set_a)
+			set_b ^= 1;
+		scan_set(set_b & flow_set_mask, &key, now, &sb, &snap);
+		hit = sb.hit;
+	}
+	if (!hit) {
 		cnt->rx_flow_new_unseen++;
-	} else if (now - f->seen_ns > (__u64)g->flow_timeout_sec * 1000000000ULL) {
+	} else if (now - snap.seen_ns > (__u64)g->flow_timeout_sec * 1000000000ULL) {
 		cnt->rx_flow_new_had_expired++;
 	} else {
-		long err = bpf_sk_select_reuseport(md, &sockets, &f->cookie, 0);
+		__u32 idx = snap.index;
+		__u32 *ep = bpf_map_lookup_elem(&epochs, &idx);
+		long err = -2; /* ENOENT: the index changed hands */
 
+		if (ep && *ep == snap.epoch)
+			err = bpf_sk_select_reuseport(md, &sockets, &idx, 0);
 		if (err == 0) {
-			if (now - f->seen_ns > refresh_ns)
-				f->seen_ns = now;
+			if (now - snap.seen_ns > refresh_ns)
+				hit->seen_ns = now;
 			cnt->rx_flow_ok++;
 			return SK_PASS;
 		}
 		/* sk_select_reuseport: EBADFD for a socket of another group of the
 		 * same family, EAFNOSUPPORT / EPROTOTYPE across families and
-		 * protocols; ENOENT when the socket left the map (closed). */
+		 * protocols; ENOENT when the socket left the array (closed). */
 		if (err == -77 || err == -97 || err == -91)
 			cnt->rx_flow_wrong_group++;
 		else
@@ -206,15 +342,33 @@ new_flow:
 		cnt->rx_no_working_socket++;
 		goto fallback;
 	}
-	if (select_working(md, gid, gen, count, &cookie)) {
+	if (count > GRM_MAX_SLOTS)
+		count = GRM_MAX_SLOTS; /* user space never writes more */
+	if (select_working(md, base, count, &sel)) {
 		cnt->rx_new_flow_working_gen_dispatch_error++;
 		goto fallback;
 	}
 	cnt->rx_new_flow_working_gen_dispatch_ok++;
 	if (now) { /* a flow group with a dissected key */
-		struct grm_flow nf = {.cookie = cookie, .seen_ns = now, .gen = gen};
+		struct grm_flow *e = hit;
 
-		if (bpf_map_update_elem(&flows, &key, &nf, BPF_ANY))
+		/* The flow's own entry, else one whose flow is over, else a
+		 * never-used one in the emptier set, else the least recently
+		 * seen. */
+		if (!e)
+			e = sa.expired;
+		if (!e)
+			e = sb.expired;
+		if (!e)
+			e = sa.used <= sb.used ? sa.unused : sb.unused;
+		if (!e)
+			e = sa.unused ? sa.unused : sb.unused;
+		if (!e) {
+			e = sa.oldest_seen <= sb.oldest_seen ? sa.oldest : sb.oldest;
+			if (e)
+				cnt->rx_flow_evicted++;
+		}
+		if (!e || flow_write(e, &key, now, g->flow_timeout_sec, &sel))
 			cnt->rx_flow_create_error++;
 	}
 	return SK_PASS;

@@ -29,6 +29,7 @@ type reuseportGrmCounters struct {
 	RxNewFlowWorkingGenDispatchError uint64
 	RxNoWorkingSocket                uint64
 	RxFlowCreateError                uint64
+	RxFlowEvicted                    uint64
 	RxNoopTotal                      uint64
 	RxFallbackKernel                 uint64
 }
@@ -41,11 +42,13 @@ const (
 )
 
 type reuseportGrmFlow struct {
-	_      structs.HostLayout
-	Cookie uint64
-	SeenNs uint64
-	Gen    uint32
-	Pad    uint32
+	_          structs.HostLayout
+	Seq        uint32
+	TimeoutSec uint32
+	Key        reuseportGrmFlowKey
+	SeenNs     uint64
+	Index      uint32
+	Epoch      uint32
 }
 
 type reuseportGrmFlowKey struct {
@@ -59,16 +62,22 @@ type reuseportGrmFlowKey struct {
 
 type reuseportGrmGroup struct {
 	_              structs.HostLayout
-	GenCount       uint64
+	State          uint64
 	Dissector      uint32
 	FlowTimeoutSec uint32
+	BankGen        [2]uint32
 }
 
-type reuseportGrmSlotKey struct {
+type reuseportGrmSlot struct {
+	_     structs.HostLayout
+	Index uint32
+	Epoch uint32
+}
+
+type reuseportGrmSocketRef struct {
 	_     structs.HostLayout
 	Group uint32
-	Gen   uint32
-	Slot  uint32
+	Index uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -76,12 +85,15 @@ type reuseportGrmSlotKey struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	reuseportMapCounters           = "counters"
+	reuseportMapEpochs             = "epochs"
 	reuseportMapFlows              = "flows"
 	reuseportMapGroups             = "groups"
 	reuseportMapSlots              = "slots"
 	reuseportMapSocketGroups       = "socket_groups"
 	reuseportMapSockets            = "sockets"
 	reuseportProgGrmReuseport      = "grm_reuseport"
+	reuseportVarFlowSetMask        = "flow_set_mask"
+	reuseportVarFlowSetShift       = "flow_set_shift"
 	reuseportVarGrmDissectorUnused = "grm_dissector_unused"
 	reuseportVarGroupId            = "group_id"
 	reuseportVarRefreshNs          = "refresh_ns"
@@ -137,6 +149,7 @@ type reuseportProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type reuseportMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	Epochs       *ebpf.MapSpec `ebpf:"epochs"`
 	Flows        *ebpf.MapSpec `ebpf:"flows"`
 	Groups       *ebpf.MapSpec `ebpf:"groups"`
 	Slots        *ebpf.MapSpec `ebpf:"slots"`
@@ -148,6 +161,8 @@ type reuseportMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type reuseportVariableSpecs struct {
+	FlowSetMask        *ebpf.VariableSpec `ebpf:"flow_set_mask"`
+	FlowSetShift       *ebpf.VariableSpec `ebpf:"flow_set_shift"`
 	GrmDissectorUnused *ebpf.VariableSpec `ebpf:"grm_dissector_unused"`
 	GroupId            *ebpf.VariableSpec `ebpf:"group_id"`
 	RefreshNs          *ebpf.VariableSpec `ebpf:"refresh_ns"`
@@ -174,6 +189,7 @@ func (o *reuseportObjects) Close() error {
 // It can be passed to loadReuseportObjects or ebpf.CollectionSpec.LoadAndAssign.
 type reuseportMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
+	Epochs       *ebpf.Map `ebpf:"epochs"`
 	Flows        *ebpf.Map `ebpf:"flows"`
 	Groups       *ebpf.Map `ebpf:"groups"`
 	Slots        *ebpf.Map `ebpf:"slots"`
@@ -184,6 +200,7 @@ type reuseportMaps struct {
 func (m *reuseportMaps) Close() error {
 	return _ReuseportClose(
 		m.Counters,
+		m.Epochs,
 		m.Flows,
 		m.Groups,
 		m.Slots,
@@ -196,6 +213,8 @@ func (m *reuseportMaps) Close() error {
 //
 // It can be passed to loadReuseportObjects or ebpf.CollectionSpec.LoadAndAssign.
 type reuseportVariables struct {
+	FlowSetMask        *ebpf.Variable `ebpf:"flow_set_mask"`
+	FlowSetShift       *ebpf.Variable `ebpf:"flow_set_shift"`
 	GrmDissectorUnused *ebpf.Variable `ebpf:"grm_dissector_unused"`
 	GroupId            *ebpf.Variable `ebpf:"group_id"`
 	RefreshNs          *ebpf.Variable `ebpf:"refresh_ns"`

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/grmwrap/grmwrap/internal/nstest"
@@ -212,11 +211,11 @@ func TestManySockets(t *testing.T) {
 	e.wantFlowCounts(gid, hour, map[uint32]int{1: flows})
 }
 
-// TestFullFlowTable: with a flow table of 64 entries, 1000 flows all land
-// on the working generation (generation 1 sits in the group as a decoy),
-// nothing is lost, the table never holds more than 64 flows, and a second
-// round (evicted flows take the new-flow path again) keeps every flow on
-// the same socket.
+// TestFullFlowTable: with a flow table sized for 64 flows (128 entries),
+// 1000 flows all land on the working generation (generation 1 sits in the
+// group as a decoy), nothing is lost, the table fills and every flow
+// beyond it evicts one (counted), and a second round (evicted flows take
+// the new-flow path again) keeps every flow on the same socket.
 func TestFullFlowTable(t *testing.T) {
 	if !nstest.Enter(t) {
 		return
@@ -231,8 +230,12 @@ func TestFullFlowTable(t *testing.T) {
 	cls := e.clients(flows, withPort(lo4, port))
 	first := e.roundtrip(cls, 1)
 	wantAllIn(t, "full table", first, gen2, true)
-	if got := e.flowEntries(); got > maxFlows || got == 0 {
-		t.Errorf("flow table holds %d entries, want 1..%d", got, maxFlows)
+	size := int(e.d.FlowTableSize())
+	if size != 2*maxFlows {
+		t.Errorf("flow table of %d entries for %d flows, want %d (twice as many, a power of two)", size, maxFlows, 2*maxFlows)
+	}
+	if got := e.flowEntries(); got != size {
+		t.Errorf("flow table holds %d entries after %d flows, want all %d used", got, flows, size)
 	}
 	e.wantCounters(gid, map[string]uint64{
 		"rx_processed_total":                  flows,
@@ -240,6 +243,7 @@ func TestFullFlowTable(t *testing.T) {
 		"rx_flow_new_unseen":                  flows,
 		"rx_new_flow_total":                   flows,
 		"rx_new_flow_working_gen_dispatch_ok": flows,
+		"rx_flow_evicted":                     uint64(flows - size),
 	})
 
 	second := e.roundtrip(cls, 1)
@@ -249,17 +253,17 @@ func TestFullFlowTable(t *testing.T) {
 		}
 	}
 	ok, unseen := e.counter(gid, "rx_flow_ok"), e.counter(gid, "rx_flow_new_unseen")-flows
-	if ok+unseen != flows || ok > maxFlows {
-		t.Errorf("second round: rx_flow_ok %d + new unseen %d, want %d with at most %d hits", ok, unseen, flows, maxFlows)
+	if ok+unseen != flows || ok > uint64(size) {
+		t.Errorf("second round: rx_flow_ok %d + new unseen %d, want %d with at most %d hits", ok, unseen, flows, size)
 	}
 	if got := e.counter(gid, "rx_flow_create_error"); got != 0 {
-		t.Errorf("rx_flow_create_error = %d: the LRU table should evict, not fail", got)
+		t.Errorf("rx_flow_create_error = %d: a full table should evict, not fail", got)
 	}
 	if got := e.counter(gid, "rx_fallback_kernel"); got != 0 {
 		t.Errorf("rx_fallback_kernel = %d", got)
 	}
-	if got := e.flowEntries(); got > maxFlows {
-		t.Errorf("flow table holds %d entries, max %d", got, maxFlows)
+	if got := e.flowEntries(); got > size {
+		t.Errorf("flow table holds %d entries, max %d", got, size)
 	}
 }
 
@@ -673,8 +677,7 @@ func TestFlowWrongGroupCounted(t *testing.T) {
 			if hit == nil {
 				t.Fatalf("no flow entry for %s", c[0].local)
 			}
-			hit.val.Cookie = other.cookie
-			if err := e.d.objs.Flows.Update(hit.key, hit.val, ebpf.UpdateExist); err != nil {
+			if err := e.d.PointFlow(hit.Pos, other.cookie); err != nil {
 				t.Fatal(err)
 			}
 			wrong, gone := e.counter(ga, "rx_flow_wrong_group"), e.counter(ga, "rx_flow_socket_gone")
@@ -777,7 +780,7 @@ func TestFlowRefresh(t *testing.T) {
 		if len(table) != 1 {
 			t.Fatalf("%d flows", len(table))
 		}
-		before = table[0].val.SeenNs
+		before = table[0].SeenNs
 		time.Sleep(50 * time.Millisecond) // several ticks of the coarse clock
 		e.roundtrip(c, 1)
 		table = e.flowTable(gid)
@@ -792,7 +795,7 @@ func TestFlowRefresh(t *testing.T) {
 			"rx_new_flow_working_gen_dispatch_ok": 1,
 			"rx_flow_ok":                          1,
 		})
-		return before, table[0].val.SeenNs
+		return before, table[0].SeenNs
 	}
 	t.Run("not within the interval", func(t *testing.T) {
 		if a, b := seen(t, time.Hour); a != b {
@@ -852,13 +855,21 @@ func TestAddSocketRejects(t *testing.T) {
 		if e.d.Alive(cookie) {
 			t.Errorf("%s left in the sockhash", name)
 		}
-		var gid uint32
-		if err := e.d.objs.SocketGroups.Lookup(cookie, &gid); err == nil {
-			t.Errorf("%s left in socket_groups (group %d)", name, gid)
+		var ref reuseportGrmSocketRef
+		if err := e.d.objs.SocketGroups.Lookup(cookie, &ref); err == nil {
+			t.Errorf("%s left in socket_groups (%+v)", name, ref)
 		}
-		var c uint64
-		if err := e.d.objs.Slots.Lookup(reuseportGrmSlotKey{Group: 1, Gen: 1, Slot: 0}, &c); err == nil {
-			t.Errorf("%s: slot set to %d", name, c)
+		if _, _, ok := e.d.SocketRef(cookie); ok {
+			t.Errorf("%s has a socket index", name)
+		}
+		for k := range uint32(banks * MaxSlots) {
+			var v reuseportGrmSlot
+			if err := e.d.objs.Slots.Lookup(1*banks*MaxSlots+k, &v); err != nil {
+				t.Fatal(err)
+			}
+			if v != (reuseportGrmSlot{}) {
+				t.Errorf("%s: slot element %d of group 1 set to %+v", name, k, v)
+			}
 		}
 	}
 	unbound, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)

@@ -194,7 +194,7 @@ func costAt(cfg costConfig, live int, tx *rawSender, logf func(string, ...any)) 
 	if err := s.ft.checkFlowKey(benchGroup, live-1, s.port); err != nil {
 		return nil, err
 	}
-	n, err := s.ft.count()
+	n, err := s.ft.count(benchGroup, s.port)
 	if err != nil {
 		return nil, err
 	}
@@ -221,17 +221,21 @@ func costAt(cfg costConfig, live int, tx *rawSender, logf func(string, ...any)) 
 			return measure(prog, cfg.packets, func() error { return tx.sendCycle(0, n, cfg.packets, s.port) })
 		}
 	}
+	freshRound := 0
 	scen := []scenario{
 		{&existing, cycle(live), cfg.packets},
-		// New flows come from clients [live, live+newFlows); their entries
-		// are deleted after each round so that the table holds `live`
-		// flows again and the same clients are new in the next round.
+		// New flows come from clients never seen before, newFlows more
+		// each round; their flows are expired after the round (their
+		// entries are reused by the next round's new flows), so that the
+		// table holds `live` live flows again.
 		{&fresh, func() (float64, uint64, error) {
-			ns, runs, err := measure(prog, cfg.newFlows, func() error { return tx.sendRange(live, live+cfg.newFlows, s.port) })
+			from := live + freshRound*cfg.newFlows
+			freshRound++
+			ns, runs, err := measure(prog, cfg.newFlows, func() error { return tx.sendRange(from, from+cfg.newFlows, s.port) })
 			if err != nil {
 				return 0, 0, err
 			}
-			return ns, runs, s.ft.deleteRange(benchGroup, live, live+cfg.newFlows, s.port)
+			return ns, runs, s.ft.expireRange(benchGroup, from, from+cfg.newFlows, s.port)
 		}, cfg.newFlows},
 		{&noop, func() (float64, uint64, error) {
 			if err := s.setDissector(generations.DissectorNoop); err != nil {
@@ -271,7 +275,7 @@ func costAt(cfg costConfig, live int, tx *rawSender, logf func(string, ...any)) 
 			sc.row.matched += after - before
 		}
 	}
-	if n, err = s.ft.count(); err != nil {
+	if n, err = s.ft.count(benchGroup, s.port); err != nil {
 		return nil, err
 	}
 	if n != live {

@@ -2,57 +2,30 @@ package main
 
 import (
 	"bufio"
-	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 
 	"github.com/grmwrap/grmwrap/bpf"
 )
 
-// flowKey and flowValue have the layout of grm_flow_key and grm_flow in
-// bpf/grmwrap.h. Package bpf keeps its generated types to itself, so the
-// benchmark states the layout again and checks it against the loaded map
-// twice: the sizes must match, and a flow created by the program must be
-// found under the key computed here (see checkFlowKey).
-type flowKey struct {
-	Group      uint32
-	RemotePort [2]byte // network byte order
-	LocalPort  [2]byte
-	RemoteAddr [16]byte // IPv4 v4-mapped
-	LocalAddr  [16]byte
-}
-
-type flowValue struct {
-	Cookie uint64
-	SeenNs uint64
-	Gen    uint32
-	Pad    uint32
-}
-
-// keyOf is the flow key of synthetic client i talking to 127.0.0.1:port in
-// group gid.
-func keyOf(gid uint32, i int, port uint16) flowKey {
-	ip, sport := tuple(i)
-	k := flowKey{Group: gid}
-	binary.BigEndian.PutUint16(k.RemotePort[:], sport)
-	binary.BigEndian.PutUint16(k.LocalPort[:], port)
-	k.RemoteAddr[10], k.RemoteAddr[11] = 0xff, 0xff
-	copy(k.RemoteAddr[12:], ip[:])
-	k.LocalAddr[10], k.LocalAddr[11] = 0xff, 0xff
-	copy(k.LocalAddr[12:], serverIP[:])
-	return k
-}
-
-// flowTable is a second handle on the program's flow table, found through
-// the program's map ids.
+// flowTable reads and edits the data plane's flow table for the
+// benchmark: clients are found by their 4-tuple (see tuple).
 type flowTable struct {
-	m *ebpf.Map
+	dp *bpf.DataPlane
+	m  *ebpf.Map // a second handle on the table, for its fdinfo
+}
+
+// remoteOf is the address and port of synthetic client i, as a flow
+// entry shows it (IPv4 v4-mapped).
+func remoteOf(i int) netip.AddrPort {
+	ip, port := tuple(i)
+	return netip.AddrPortFrom(netip.AddrFrom16(netip.AddrFrom4(ip).As16()), port)
 }
 
 func openFlowTable(dp *bpf.DataPlane) (*flowTable, error) {
@@ -73,14 +46,8 @@ func openFlowTable(dp *bpf.DataPlane) (*flowTable, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open map %d: %w", id, err)
 		}
-		mi, err := m.Info()
-		if err == nil && mi.Name == "flows" {
-			if m.KeySize() != uint32(unsafe.Sizeof(flowKey{})) || m.ValueSize() != uint32(unsafe.Sizeof(flowValue{})) {
-				m.Close()
-				return nil, fmt.Errorf("flow table layout changed: key %d value %d bytes, grmbench expects %d and %d",
-					m.KeySize(), m.ValueSize(), unsafe.Sizeof(flowKey{}), unsafe.Sizeof(flowValue{}))
-			}
-			return &flowTable{m: m}, nil
+		if mi, err := m.Info(); err == nil && mi.Name == "flows" {
+			return &flowTable{dp: dp, m: m}, nil
 		}
 		m.Close()
 	}
@@ -89,60 +56,60 @@ func openFlowTable(dp *bpf.DataPlane) (*flowTable, error) {
 
 func (t *flowTable) close() { t.m.Close() }
 
-func (t *flowTable) lookup(k flowKey) (flowValue, bool) {
-	var v flowValue
-	return v, t.m.Lookup(&k, &v) == nil
+// live returns the table's flows of group gid that have not been expired
+// by the benchmark, by remote address.
+func (t *flowTable) live(gid uint32, port uint16) (map[netip.AddrPort]bpf.Flow, error) {
+	all, err := t.dp.Flows()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[netip.AddrPort]bpf.Flow, len(all))
+	for _, f := range all {
+		if f.Group == gid && f.SeenNs != 0 && f.Local.Port() == port {
+			out[f.Remote] = f
+		}
+	}
+	return out, nil
 }
 
-// checkFlowKey fails unless the program created a flow under the key the
-// benchmark computes for client i: the layout and byte order agree.
+// checkFlowKey fails unless the program created a flow for client i: the
+// benchmark's clients are what the table shows.
 func (t *flowTable) checkFlowKey(gid uint32, i int, port uint16) error {
-	if _, ok := t.lookup(keyOf(gid, i, port)); !ok {
-		return fmt.Errorf("no flow entry under the computed key of client %d: grm_flow_key's layout differs from grmbench's", i)
+	flows, err := t.live(gid, port)
+	if err != nil {
+		return err
+	}
+	f, ok := flows[remoteOf(i)]
+	if !ok {
+		return fmt.Errorf("no flow entry for client %d (%s)", i, remoteOf(i))
+	}
+	if want := netip.AddrPortFrom(netip.AddrFrom16(netip.AddrFrom4(serverIP).As16()), port); f.Local != want {
+		return fmt.Errorf("flow of client %d: local %s, want %s", i, f.Local, want)
 	}
 	return nil
 }
 
-// deleteRange removes the flows of clients [from, to).
-func (t *flowTable) deleteRange(gid uint32, from, to int, port uint16) error {
-	const chunk = 4096
-	keys := make([]flowKey, 0, chunk)
-	for i := from; i < to; i += chunk {
-		keys = keys[:0]
-		for j := i; j < min(i+chunk, to); j++ {
-			keys = append(keys, keyOf(gid, j, port))
-		}
-		// Keys missing are no error: the batch stops at the first one,
-		// so delete the rest one by one.
-		n, err := t.m.BatchDelete(keys, nil)
-		if err != nil {
-			for _, k := range keys[n:] {
-				if err := t.m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-					return fmt.Errorf("delete flow: %w", err)
-				}
+// expireRange ends the flows of clients [from, to): their entries stay
+// (the table reuses them for new flows) but no longer count as live.
+func (t *flowTable) expireRange(gid uint32, from, to int, port uint16) error {
+	flows, err := t.live(gid, port)
+	if err != nil {
+		return err
+	}
+	for i := from; i < to; i++ {
+		if f, ok := flows[remoteOf(i)]; ok {
+			if err := t.dp.ExpireFlow(f.Pos); err != nil {
+				return err
 			}
 		}
 	}
 	return nil
 }
 
-// count returns how many entries the table holds (batch lookups).
-func (t *flowTable) count() (int, error) {
-	const chunk = 8192
-	keys := make([]flowKey, chunk)
-	vals := make([]flowValue, chunk)
-	var cursor ebpf.MapBatchCursor
-	total := 0
-	for {
-		n, err := t.m.BatchLookup(&cursor, keys, vals, nil)
-		total += n
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return total, nil
-		}
-		if err != nil {
-			return total, fmt.Errorf("count flows: %w", err)
-		}
-	}
+// count returns how many live flows group gid has on port.
+func (t *flowTable) count(gid uint32, port uint16) (int, error) {
+	flows, err := t.live(gid, port)
+	return len(flows), err
 }
 
 // fdinfo reads the "name:\tvalue" lines of /proc/self/fdinfo/<fd>.

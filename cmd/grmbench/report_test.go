@@ -1,10 +1,10 @@
 package main
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/grmwrap/grmwrap/internal/load"
 )
@@ -67,23 +67,12 @@ func TestTuplesDistinct(t *testing.T) {
 	}
 }
 
-// TestFlowKeyLayout: the layout grm_flow_key and grm_flow have in
-// bpf/grmwrap.h (the program checks it again at run time).
-func TestFlowKeyLayout(t *testing.T) {
-	if s := unsafe.Sizeof(flowKey{}); s != 40 {
-		t.Errorf("flowKey is %d bytes, grm_flow_key 40", s)
-	}
-	if s := unsafe.Sizeof(flowValue{}); s != 24 {
-		t.Errorf("flowValue is %d bytes, grm_flow 24", s)
-	}
-	k := keyOf(7, 60001, 5353) // 127.0.0.3:1025
-	if k.Group != 7 || k.RemotePort != [2]byte{0x04, 0x01} || k.LocalPort != [2]byte{0x14, 0xe9} {
-		t.Errorf("key header %+v", k)
-	}
-	wantRemote := [16]byte{10: 0xff, 11: 0xff, 12: 127, 13: 0, 14: 0, 15: 3}
-	wantLocal := [16]byte{10: 0xff, 11: 0xff, 12: 127, 13: 0, 14: 0, 15: 1}
-	if k.RemoteAddr != wantRemote || k.LocalAddr != wantLocal {
-		t.Errorf("key addresses %v %v", k.RemoteAddr, k.LocalAddr)
+// TestRemoteOf: a client's address as the flow table shows it, IPv4
+// v4-mapped.
+func TestRemoteOf(t *testing.T) {
+	got := remoteOf(60001)
+	if want := netip.MustParseAddrPort("[::ffff:127.0.0.3]:1025"); got != want {
+		t.Errorf("remoteOf(60001) = %s, want %s", got, want)
 	}
 }
 

@@ -71,7 +71,7 @@ func runTable(cfg tableConfig, tx *rawSender, logf func(string, ...any)) (tableR
 		return res, err
 	}
 	res.createErrors = ce1 - ce0
-	if res.entries, err = s.ft.count(); err != nil {
+	if res.entries, err = s.ft.count(benchGroup, s.port); err != nil {
 		return res, err
 	}
 	logf("  filled: %d entries after %d new flows in %s", res.entries, cfg.maxFlows, res.fillTime.Round(time.Millisecond))
@@ -81,19 +81,22 @@ func runTable(cfg tableConfig, tx *rawSender, logf func(string, ...any)) (tableR
 	res.samples = cfg.samples
 	stride := cfg.maxFlows / cfg.samples
 	want := make([]int32, cfg.samples)
+	filled, err := s.ft.live(benchGroup, s.port)
+	if err != nil {
+		return res, err
+	}
+	i0, _, _ := s.dp.SocketRef(s.cookies[0])
 	for k := range cfg.samples {
-		key := keyOf(benchGroup, k*stride, s.port)
-		v, ok := s.ft.lookup(key)
+		f, ok := filled[remoteOf(k*stride)]
 		if !ok {
-			continue // evicted (LRU)
+			continue // evicted
 		}
 		res.sampled++
 		other := 0
-		if v.Cookie == s.cookies[0] {
+		if f.Index == i0 {
 			other = 1
 		}
-		v.Cookie = s.cookies[other]
-		if err := s.ft.m.Put(&key, &v); err != nil {
+		if err := s.dp.PointFlow(f.Pos, s.cookies[other]); err != nil {
 			return res, fmt.Errorf("re-point flow: %w", err)
 		}
 		want[k] = int32(other + 1)
