@@ -15,6 +15,9 @@
 #define GRM_BANKS 2
 /* Entries per set of the flow table. */
 #define GRM_FLOW_WAYS 8
+/* A new flow takes its first set while that has fewer used ways than
+ * this; after, the emptier of its two sets (lookups then check both). */
+#define GRM_FLOW_FIRST_SET 6
 
 /* How a group decides what a flow is. */
 enum grm_dissector {

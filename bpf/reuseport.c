@@ -265,7 +265,7 @@ int grm_reuseport(struct sk_reuseport_md *md)
 	struct grm_counters *cnt;
 	struct grm_group *g;
 	struct grm_flow_key key __attribute__((aligned(8)));
-	struct set_scan sa = {}, sb = {};
+	struct set_scan sa = {}, sb = {.oldest_seen = ~0ULL, .used = GRM_FLOW_WAYS};
 	struct flow_snap snap = {};
 	struct grm_flow *hit = 0;
 	struct grm_slot sel;
@@ -303,7 +303,10 @@ int grm_reuseport(struct sk_reuseport_md *md)
 	set_a = md->hash & flow_set_mask;
 	scan_set(set_a, &key, now, &sa, &snap);
 	hit = sa.hit;
-	if (!hit) {
+	/* A flow goes to its second set only once its first has
+	 * GRM_FLOW_FIRST_SET used ways, and ways never empty: below that,
+	 * the second set cannot hold it. */
+	if (!hit && sa.used >= GRM_FLOW_FIRST_SET) {
 		set_b = (md->hash * 2654435761U) >> flow_set_shift;
 		if (set_b == set_a)
 			set_b ^= 1;
@@ -352,9 +355,12 @@ new_flow:
 	if (now) { /* a flow group with a dissected key */
 		struct grm_flow *e = hit;
 
-		/* The flow's own entry, else one whose flow is over, else a
-		 * never-used one in the emptier set, else the least recently
-		 * seen. */
+		/* The flow's own entry; in its first set while that has fewer
+		 * than GRM_FLOW_FIRST_SET used ways; else one whose flow is
+		 * over, a never-used one in the emptier set, the least
+		 * recently seen. */
+		if (!e && sa.used < GRM_FLOW_FIRST_SET)
+			e = sa.expired ? sa.expired : sa.unused;
 		if (!e)
 			e = sa.expired;
 		if (!e)

@@ -28,6 +28,7 @@ const (
 	pathNew         = "flow, new flows"
 	pathNoop        = "noop"
 	pathEmpty       = "empty program (calibration)"
+	pathTouch       = "one random entry of a table this size (calibration)"
 )
 
 // costRow is one measured scenario: ns per packet of every round.
@@ -153,57 +154,61 @@ func (s *steered) close() {
 	s.dp.Close()
 }
 
-// runCost measures every scenario at every number of live flows.
-func runCost(cfg costConfig, tx *rawSender, logf func(string, ...any)) ([]costRow, error) {
-	var rows []costRow
+// runCost measures every scenario at every number of live flows. It also
+// returns the flow table's size in entries.
+func runCost(cfg costConfig, tx *rawSender, logf func(string, ...any)) ([]costRow, uint32, error) {
+	var (
+		rows    []costRow
+		entries uint32
+	)
 	for _, live := range cfg.lives {
-		r, err := costAt(cfg, live, tx, logf)
+		r, n, err := costAt(cfg, live, tx, logf)
 		if err != nil {
-			return nil, fmt.Errorf("%d live flows: %w", live, err)
+			return nil, 0, fmt.Errorf("%d live flows: %w", live, err)
 		}
-		rows = append(rows, r...)
+		rows, entries = append(rows, r...), n
 	}
 	r, err := costEmpty(cfg, tx)
 	if err != nil {
-		return nil, fmt.Errorf("calibration: %w", err)
+		return nil, 0, fmt.Errorf("calibration: %w", err)
 	}
-	return append(rows, r), nil
+	return append(rows, r), entries, nil
 }
 
 // costAt measures existing flows, new flows and noop with live flows in
 // the table, in interleaved rounds.
-func costAt(cfg costConfig, live int, tx *rawSender, logf func(string, ...any)) ([]costRow, error) {
+func costAt(cfg costConfig, live int, tx *rawSender, logf func(string, ...any)) ([]costRow, uint32, error) {
 	s, err := newSteered(cfg.maxFlows, 2, nil)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer s.close()
 	prog, err := s.dp.Program(benchGroup)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 
 	// The live flows: one datagram from each of clients [0, live).
 	unseen0, err := s.counter("rx_flow_new_unseen")
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if _, _, err := measure(prog, live, func() error { return tx.sendRange(0, live, s.port) }); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if err := s.ft.checkFlowKey(benchGroup, live-1, s.port); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	n, err := s.ft.count(benchGroup, s.port)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if n != live {
-		return nil, fmt.Errorf("flow table holds %d flows after %d clients sent", n, live)
+		return nil, 0, fmt.Errorf("flow table holds %d flows after %d clients sent", n, live)
 	}
 	unseen1, err := s.counter("rx_flow_new_unseen")
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	logf("  %d live flows: table holds %d entries (%d new-flow datagrams counted)", live, n, unseen1-unseen0)
 
@@ -221,8 +226,21 @@ func costAt(cfg costConfig, live int, tx *rawSender, logf func(string, ...any)) 
 			return measure(prog, cfg.packets, func() error { return tx.sendCycle(0, n, cfg.packets, s.port) })
 		}
 	}
+	// The memory floor: a program that reads and writes one 64-byte
+	// element, picked by the packet's hash, of an array as large as the
+	// flow table; the same clients cycle through it.
+	touch := costRow{path: pathTouch, live: live}
+	tp, err := newTouchProgram(s.dp.FlowTableSize())
+	if err != nil {
+		return nil, 0, err
+	}
+	defer tp.close()
+
 	freshRound := 0
 	scen := []scenario{
+		{&touch, func() (float64, uint64, error) {
+			return measure(tp.prog, cfg.packets, func() error { return tx.sendCycle(0, live, cfg.packets, tp.port) })
+		}, cfg.packets},
 		{&existing, cycle(live), cfg.packets},
 		// New flows come from clients never seen before, newFlows more
 		// each round; their flows are expired after the round (their
@@ -257,17 +275,23 @@ func costAt(cfg costConfig, live int, tx *rawSender, logf func(string, ...any)) 
 		// Rotate the order so that no scenario always follows another.
 		for k := range scen {
 			sc := scen[(k+r)%len(scen)]
-			before, err := s.counter(sc.row.counter)
+			count := func() (uint64, error) {
+				if sc.row.counter == "" {
+					return 0, nil // a calibration: no steering counter
+				}
+				return s.counter(sc.row.counter)
+			}
+			before, err := count()
 			if err != nil {
-				return nil, err
+				return nil, 0, err
 			}
 			ns, runs, err := sc.run()
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", sc.row.path, err)
+				return nil, 0, fmt.Errorf("%s: %w", sc.row.path, err)
 			}
-			after, err := s.counter(sc.row.counter)
+			after, err := count()
 			if err != nil {
-				return nil, err
+				return nil, 0, err
 			}
 			sc.row.ns = append(sc.row.ns, ns)
 			sc.row.runs += runs
@@ -276,16 +300,16 @@ func costAt(cfg costConfig, live int, tx *rawSender, logf func(string, ...any)) 
 		}
 	}
 	if n, err = s.ft.count(benchGroup, s.port); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if n != live {
-		return nil, fmt.Errorf("flow table holds %d flows after the rounds, not %d", n, live)
+		return nil, 0, fmt.Errorf("flow table holds %d flows after the rounds, not %d", n, live)
 	}
 	rows := []costRow{existing, fresh, noop}
 	if live > cfg.hot {
 		rows = []costRow{existing, hot, fresh, noop}
 	}
-	return rows, nil
+	return append(rows, touch), s.dp.FlowTableSize(), nil
 }
 
 // costEmpty measures an SK_REUSEPORT program that only returns SK_PASS,
@@ -325,4 +349,65 @@ func costEmpty(cfg costConfig, tx *rawSender) (costRow, error) {
 		row.sent += uint64(cfg.packets)
 	}
 	return row, nil
+}
+
+// touchProgram is an SK_REUSEPORT program that reads and writes the
+// element hash & (entries-1) of an array of 64-byte elements, attached to
+// a group of two sockets of its own: what one access to a random flow
+// entry costs on this machine, with nothing else.
+type touchProgram struct {
+	prog *ebpf.Program
+	arr  *ebpf.Map
+	srv  []*server
+	port uint16
+}
+
+func newTouchProgram(entries uint32) (*touchProgram, error) {
+	arr, err := ebpf.NewMap(&ebpf.MapSpec{Name: "grmbench_touch", Type: ebpf.Array, KeySize: 4, ValueSize: 64, MaxEntries: entries})
+	if err != nil {
+		return nil, fmt.Errorf("touch array: %w", err)
+	}
+	const hashOff = 32 // offsetof(struct sk_reuseport_md, hash)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:       "grmbench_touch",
+		Type:       ebpf.SkReuseport,
+		AttachType: ebpf.AttachSkReuseportSelect,
+		License:    "Dual BSD/GPL",
+		Instructions: asm.Instructions{
+			asm.LoadMem(asm.R2, asm.R1, hashOff, asm.Word),
+			asm.And.Imm32(asm.R2, int32(entries-1)),
+			asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word),
+			asm.LoadMapPtr(asm.R1, arr.FD()),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, -4),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "out"),
+			asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+			asm.Add.Imm(asm.R1, 1),
+			asm.StoreMem(asm.R0, 8, asm.R1, asm.DWord),
+			asm.Mov.Imm(asm.R0, 1).WithSymbol("out"), // SK_PASS
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		arr.Close()
+		return nil, fmt.Errorf("load touch program: %w", err)
+	}
+	t := &touchProgram{prog: prog, arr: arr}
+	if t.srv, err = newServerGroup(2, nil); err != nil {
+		t.close()
+		return nil, err
+	}
+	t.port = t.srv[0].port
+	if err := attachProgram(t.srv[0].fd, prog.FD()); err != nil {
+		t.close()
+		return nil, err
+	}
+	return t, nil
+}
+
+func (t *touchProgram) close() {
+	closeServers(t.srv)
+	t.prog.Close()
+	t.arr.Close()
 }

@@ -242,7 +242,7 @@ func measureStats(r *report, want func(string) bool, logf func(string, ...any)) 
 	defer tx.close()
 	if want("cost") {
 		logf("per-packet cost, live flows %v, %d rounds", r.costCfg.lives, r.costCfg.rounds)
-		if r.cost, err = runCost(r.costCfg, tx, logf); err != nil {
+		if r.cost, r.costTableSize, err = runCost(r.costCfg, tx, logf); err != nil {
 			return fmt.Errorf("per-packet cost: %w", err)
 		}
 	}

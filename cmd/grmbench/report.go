@@ -96,12 +96,13 @@ type report struct {
 	sysctlOff string // ... during the echo rounds
 	total     time.Duration
 
-	costCfg  costConfig
-	cost     []costRow
-	tableCfg tableConfig
-	table    *tableResult
-	echoCfg  echoConfig
-	echo     *echoResult
+	costCfg       costConfig
+	cost          []costRow
+	costTableSize uint32 // entries of the flow table the cost section used
+	tableCfg      tableConfig
+	table         *tableResult
+	echoCfg       echoConfig
+	echo          *echoResult
 
 	upgradeCfg upgradeConfig
 	upgrade    *upgradeResult
@@ -187,11 +188,12 @@ func (r *report) costSection(w func(string, ...any)) {
 	w("127.0.0.1 in the working generation, drained by goroutines; datagrams come from one raw socket\n")
 	w("(IP_HDRINCL) with a distinct source address and port per synthetic client, so any number of\n")
 	w("4-tuples exists without a socket each. Each number of live flows gets a fresh data plane\n")
-	w("(flow table of %s entries) whose table first holds exactly that many flows (created by\n", thousands(uint64(c.maxFlows)))
+	w("(`MaxFlows` %s: a flow table of %s entries) whose table first holds exactly that many flows (created by\n", thousands(uint64(c.maxFlows)), thousands(uint64(r.costTableSize)))
 	w("traffic, counted afterwards). Then %d rounds, order rotated each round:\n", c.rounds)
 	w("- *existing flows*: %s datagrams cycling over the live flows;\n", thousands(uint64(c.packets)))
-	w("- *new flows*: %s datagrams, each from a 4-tuple the table does not hold (the flow entries\n", thousands(uint64(c.newFlows)))
-	w("  they create are deleted after the round, so the table is back at its live flows);\n")
+	w("- *new flows*: %s datagrams, each from a 4-tuple never seen before (the flows they create are\n", thousands(uint64(c.newFlows)))
+	w("  expired after the round, so the table is back at its live flows and the next round's new\n")
+	w("  flows reuse their entries);\n")
 	w("- *noop*: the group switched to the noop dissector, %s datagrams over the same clients;\n", thousands(uint64(c.packets)))
 	w("- with more than %s live flows, also *existing flows, only %s of them sending*: %s datagrams\n", thousands(uint64(c.hot)), thousands(uint64(c.hot)), thousands(uint64(c.packets)))
 	w("  cycling over %s of the live flows (the same table, few of its entries in use).\n\n", thousands(uint64(c.hot)))
@@ -201,18 +203,34 @@ func (r *report) costSection(w func(string, ...any)) {
 	w("way: the part of every figure that is the statistics' clock reads and the program call, which\n")
 	w("no program can go below on this machine. \"Above the empty program\" is a row's median minus the\n")
 	w("calibration's median: what the steering work itself costs.\n\n")
+	w("A second calibration, at each number of live flows, is the memory floor: a program of a few\n")
+	w("instructions that reads and writes one 64-byte element, picked by the packet's hash, of an array\n")
+	w("as large as the flow table (%s entries), attached to a group of its own and sent the same\n", thousands(uint64(r.costTableSize)))
+	w("clients in the same rounds. Any per-flow table pays at least this once per datagram; with many\n")
+	w("flows cycling it is dominated by cache and TLB misses (the table is vmalloc memory, 4 KiB pages,\n")
+	w("in a VM). \"Above one table access\" is the existing-flows row's median minus that floor's, at\n")
+	w("the same live flows: the steering work beyond the one memory access it cannot avoid. (New\n")
+	w("flows touch entries no datagram touched before, whatever the live flows: their floor is the\n")
+	w("cold access of the largest row.)\n\n")
 	floor := math.NaN()
+	touchAt := make(map[int]float64)
 	for _, row := range r.cost {
-		if row.path == pathEmpty {
+		switch row.path {
+		case pathEmpty:
 			floor = median(row.ns)
+		case pathTouch:
+			touchAt[row.live] = median(row.ns)
 		}
 	}
-	w("| path | live flows | grmwrap ns/packet, median (min-max) | target | above the empty program | udpgrm ns/packet (its measured figures, not this run) | datagrams sent | program runs | counter (delta) |\n")
-	w("|---|---|---|---|---|---|---|---|---|\n")
+	w("| path | live flows | grmwrap ns/packet, median (min-max) | target | above the empty program | above one table access | udpgrm ns/packet (its measured figures, not this run) | datagrams sent | program runs | counter (delta) |\n")
+	w("|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, row := range r.cost {
-		above := "-"
+		above, aboveTouch := "-", "-"
 		if row.path != pathEmpty && !math.IsNaN(floor) {
 			above = strconv.FormatFloat(median(row.ns)-floor, 'f', 1, 64)
+		}
+		if t, ok := touchAt[row.live]; ok && row.path == pathExisting {
+			aboveTouch = strconv.FormatFloat(median(row.ns)-t, 'f', 1, 64)
 		}
 		target, verdict := "-", ""
 		if t, ok := targets[row.path]; ok {
@@ -234,8 +252,8 @@ func (r *report) costSection(w func(string, ...any)) {
 		if row.counter != "" {
 			counter = fmt.Sprintf("%s (%s)", row.counter, thousands(row.matched))
 		}
-		w("| %s | %s | %s%s | %s | %s | %s | %s | %s | %s |\n", row.path, live, spread(row.ns, 1), verdict,
-			target, above, ug, thousands(row.sent), thousands(row.runs), counter)
+		w("| %s | %s | %s%s | %s | %s | %s | %s | %s | %s | %s |\n", row.path, live, spread(row.ns, 1), verdict,
+			target, above, aboveTouch, ug, thousands(row.sent), thousands(row.runs), counter)
 	}
 	w("\nudpgrm's figures are from `reference/udpgrm.md` (udpgrm measured with the same kernel statistics on\n")
 	w("this machine kind: FLOW new ~155, FLOW existing ~148, NOOP ~105 ns/packet); they were not\n")
@@ -249,13 +267,15 @@ func (r *report) tableSection(w func(string, ...any)) {
 	w("How: `bpf.Load(Options{MaxFlows: %s})`, two sockets as above; the table is filled by\n", thousands(uint64(c.maxFlows)))
 	w("traffic (one datagram from each of %s distinct 4-tuples: the program creates every entry).\n", thousands(uint64(c.maxFlows)))
 	w("Memory is the `memlock:` line of `/proc/self/fdinfo/<fd>` of the flow table (the bytes the\n")
-	w("kernel charges for it; the LRU hash preallocates every entry at load). Then %s filled flows\n", thousands(uint64(c.samples)))
+	w("kernel charges for it; the table is an array allocated whole at load, twice as many entries as\n")
+	w("flows, rounded up to a power of two). Then %s filled flows\n", thousands(uint64(c.samples)))
 	w("spread over the table are re-pointed from user space at the *other* socket and send one tagged\n")
 	w("datagram each: it must arrive on the re-pointed socket, which only a table lookup can do.\n\n")
 	w("| figure | value |\n|---|---|\n")
 	w("| max_entries (fdinfo) | %s |\n", thousands(t.maxEntries))
 	w("| memlock (fdinfo) | %s bytes (%s) |\n", thousands(t.memlock), mib(t.memlock))
 	w("| bytes per entry (memlock / max_entries) | %.1f |\n", float64(t.memlock)/float64(max(t.maxEntries, 1)))
+	w("| bytes per flow (memlock / flows it holds) | %.1f |\n", float64(t.memlock)/float64(max(c.maxFlows, 1)))
 	w("| new flows sent to fill it | %s in %s |\n", thousands(uint64(t.fillSent)), t.fillTime.Round(time.Millisecond))
 	w("| entries present after the fill (batch lookup) | %s |\n", thousands(uint64(t.entries)))
 	w("| flow creations that failed during the fill | %s |\n", thousands(t.createErrors))
@@ -264,8 +284,9 @@ func (r *report) tableSection(w func(string, ...any)) {
 	w("| their datagrams that reached the re-pointed socket | %s / %s |\n", thousands(uint64(t.steeredRight)), thousands(uint64(t.sampled)))
 	w("| existing flows spread over the full table: ns/packet | %.1f (%s datagrams, %s found their flow) |\n",
 		t.existingNS, thousands(uint64(t.existingSent)), thousands(t.existingHits))
-	w("| new flows into the full table (LRU evicts): ns/packet | %.1f (%s datagrams, %s dispatched to the working generation, %s creation errors) |\n\n",
-		t.freshNS, thousands(uint64(t.freshSent)), thousands(t.freshOK), thousands(t.freshCreateErrors))
+	w("| live flows evicted by other flows during the fill (rx_flow_evicted) | %s |\n", thousands(t.fillEvicted))
+	w("| new flows into the full table (the least recently seen of a flow's sets is evicted): ns/packet | %.1f (%s datagrams, %s dispatched to the working generation, %s creation errors, %s evictions) |\n\n",
+		t.freshNS, thousands(uint64(t.freshSent)), thousands(t.freshOK), thousands(t.freshCreateErrors), thousands(t.freshEvicted))
 }
 
 func (r *report) echoSection(w func(string, ...any)) {

@@ -31,6 +31,8 @@ type tableResult struct {
 	freshSent           int
 	freshOK             uint64 // new flows dispatched to the working generation
 	freshCreateErrors   uint64
+	fillEvicted         uint64 // live flows evicted while filling
+	freshEvicted        uint64 // flows evicted by the new flows into the full table
 }
 
 // runTable fills a table of cfg.maxFlows entries by traffic and checks
@@ -71,6 +73,9 @@ func runTable(cfg tableConfig, tx *rawSender, logf func(string, ...any)) (tableR
 		return res, err
 	}
 	res.createErrors = ce1 - ce0
+	if res.fillEvicted, err = s.counter("rx_flow_evicted"); err != nil {
+		return res, err
+	}
 	if res.entries, err = s.ft.count(benchGroup, s.port); err != nil {
 		return res, err
 	}
@@ -156,6 +161,10 @@ func runTable(cfg tableConfig, tx *rawSender, logf func(string, ...any)) (tableR
 	if ce0, err = s.counter("rx_flow_create_error"); err != nil {
 		return res, err
 	}
+	ev0, err := s.counter("rx_flow_evicted")
+	if err != nil {
+		return res, err
+	}
 	res.freshSent = cfg.fresh
 	if res.freshNS, _, err = measure(prog, cfg.fresh, func() error {
 		return tx.sendRange(cfg.maxFlows, cfg.maxFlows+cfg.fresh, s.port)
@@ -169,6 +178,10 @@ func runTable(cfg tableConfig, tx *rawSender, logf func(string, ...any)) (tableR
 	if ce1, err = s.counter("rx_flow_create_error"); err != nil {
 		return res, err
 	}
-	res.freshOK, res.freshCreateErrors = d1-d0, ce1-ce0
+	ev1, err := s.counter("rx_flow_evicted")
+	if err != nil {
+		return res, err
+	}
+	res.freshOK, res.freshCreateErrors, res.freshEvicted = d1-d0, ce1-ce0, ev1-ev0
 	return res, nil
 }
