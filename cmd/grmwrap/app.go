@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/grmwrap/grmwrap/bpf"
 	"github.com/grmwrap/grmwrap/generations"
 )
 
@@ -37,7 +38,7 @@ func runFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "tcp-reuseport", Usage: "give TCP binds to managed addresses SO_REUSEPORT, so that a new generation can bind the TCP port the old one listens on (servers like dnsmasq listen on both); TCP is not steered"},
 		&cli.StringFlag{Name: "dissector", Value: "flow", Usage: "what a flow is: flow (4-tuple table) or noop (none: every packet to the working generation)"},
 		&cli.DurationFlag{Name: "flow-timeout", Value: 125 * time.Second, Usage: "idle time after which a flow is over"},
-		&cli.UintFlag{Name: "max-flows", Value: 65536, Usage: "flow table size"},
+		&cli.UintFlag{Name: "max-flows", Value: 65536, Usage: "live flows the flow table holds (it has twice as many 64-byte entries, a power of two)"},
 		&cli.StringFlag{Name: "ready", Value: "bound", Usage: "when a new generation is ready: bound, notify, delay:DUR or exec:CMD"},
 		&cli.DurationFlag{Name: "ready-timeout", Value: 60 * time.Second, Usage: "longest wait for a new generation to be ready"},
 		&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Minute, Usage: "longest time an old generation keeps its flows"},
@@ -184,8 +185,8 @@ func runConfigFrom(c *cli.Context, command []string) (runConfig, error) {
 		return runConfig{}, fmt.Errorf("flow timeout %v: want at least 1s", c.Duration("flow-timeout"))
 	}
 	maxFlows := c.Uint("max-flows")
-	if maxFlows < 1 || maxFlows > 1<<26 {
-		return runConfig{}, fmt.Errorf("max flows %d: want 1 to %d", maxFlows, 1<<26)
+	if maxFlows < 1 || maxFlows > bpf.MaxFlowsLimit {
+		return runConfig{}, fmt.Errorf("max flows %d: want 1 to %d", maxFlows, bpf.MaxFlowsLimit)
 	}
 	name := c.String("name")
 	if strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
