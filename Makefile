@@ -18,11 +18,11 @@ deps-generate:
 
 # Regenerate the BPF objects and their Go bindings with the pinned clang-14.
 generate: deps-generate
-	$(GO) generate ./bpf
+	$(GO) generate ./bpf ./cmd/grmbench
 
 # CI: the committed objects must equal a fresh generation.
 generate-check: generate
-	@git diff --exit-code -- bpf/ || { echo "bpf/: committed objects differ from a fresh 'make generate'"; exit 1; }
+	@git diff --exit-code -- bpf/ cmd/grmbench/ || { echo "bpf/, cmd/grmbench/: committed objects differ from a fresh 'make generate'"; exit 1; }
 
 # Instructions the verifier processed and stack use of the steering program.
 verifier-report: deps

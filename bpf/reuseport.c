@@ -154,10 +154,12 @@ static __always_inline int try_slot(struct sk_reuseport_md *md, __u32 base, __u3
 /* select_working picks slot (md->hash * count) >> 32 of the working bank
  * (the hash scaled to 0..count-1 without a division), and the next slot
  * once if that one is empty or its socket closed (user space repacks). On
- * success *out is the chosen slot. */
-static __always_inline int select_working(struct sk_reuseport_md *md, __u32 base, __u32 count,
-					  struct grm_slot *out)
+ * success *out is the chosen slot. A global function (checked once). */
+__attribute__((noinline)) int select_working(struct sk_reuseport_md *md, __u32 base, __u32 count,
+					     struct grm_slot *out)
 {
+	if (!out || count == 0)
+		return -1;
 	__u32 i = ((__u64)md->hash * count) >> 32;
 
 	if (try_slot(md, base, i, out) == 0)
@@ -167,21 +169,29 @@ static __always_inline int select_working(struct sk_reuseport_md *md, __u32 base
 	return try_slot(md, base, i + 1 < count ? i + 1 : 0, out);
 }
 
-/* A set of the flow table, scanned for a key. */
-struct set_scan {
-	struct grm_flow *hit;     /* the key's entry */
-	struct grm_flow *expired; /* first entry whose flow is over */
-	struct grm_flow *oldest;  /* least recently seen live entry */
-	struct grm_flow *unused;  /* first never-used entry */
-	__u64 oldest_seen;
-	__u32 used;               /* entries before the first never-used one */
-};
+/* No way of a set, and no entry of the table. */
+#define NO_WAY 0xff
+#define NO_ENTRY 0xffffffff
 
 /* Where a hit was read: a consistent copy of its socket and time. */
 struct flow_snap {
 	__u64 seen_ns;
 	__u32 index;
 	__u32 epoch;
+};
+
+/* A set of the flow table being scanned for a key, the context of the
+ * scan_way loop body. Ways, not pointers, are kept. */
+struct set_scan {
+	struct grm_flow_key key;
+	struct flow_snap snap; /* of the hit */
+	__u64 now;
+	__u64 oldest_seen;
+	__u32 set;
+	__u32 hit;     /* way of the key's entry */
+	__u32 expired; /* first way whose flow is over */
+	__u32 oldest;  /* least recently seen live way */
+	__u32 used;    /* ways before the first never-used one (the way to fill) */
 };
 
 static __always_inline int key_eq(const struct grm_flow *e, const struct grm_flow_key *k)
@@ -191,52 +201,88 @@ static __always_inline int key_eq(const struct grm_flow *e, const struct grm_flo
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4];
 }
 
-/* scan_set looks for key k in set; it stops at a hit or at the first
- * never-used entry (ways fill in order). Entries being written are
- * skipped. Expiry of other entries is judged by their own timeout. */
-static __always_inline void scan_set(__u32 set, const struct grm_flow_key *k, __u64 now,
-				     struct set_scan *sc, struct flow_snap *snap)
+/* scan_way is the body of a set's scan, for way w: it returns 1 (stop) at
+ * a hit or at the first never-used entry (ways fill in order). Entries
+ * being written are skipped. Expiry of other entries is judged by their
+ * own timeout. A callback of bpf_loop, so that the verifier walks it once
+ * rather than once per way and path. */
+static long scan_way(__u64 w, void *ctx)
 {
-	sc->hit = sc->expired = sc->oldest = sc->unused = 0;
+	struct set_scan *sc = ctx;
+	__u32 i = sc->set * GRM_FLOW_WAYS + (__u32)w;
+	struct grm_flow *e = bpf_map_lookup_elem(&flows, &i);
+	__u32 s1;
+	__u64 seen;
+
+	if (!e)
+		return 1;
+	s1 = READ_ONCE32(e->seq);
+	if (s1 & 1)
+		return 0;
+	barrier();
+	if (e->key.group == 0) {
+		sc->used = w;
+		return 1;
+	}
+	seen = e->seen_ns;
+	if (key_eq(e, &sc->key)) {
+		sc->snap.seen_ns = seen;
+		sc->snap.index = e->index;
+		sc->snap.epoch = e->epoch;
+		barrier();
+		if (READ_ONCE32(e->seq) != s1)
+			return 0; /* rewritten while read */
+		sc->hit = w;
+		return 1;
+	}
+	if (sc->now - seen > (__u64)e->timeout_sec * 1000000000ULL) {
+		if (sc->expired == NO_WAY)
+			sc->expired = w;
+	} else if (seen < sc->oldest_seen) {
+		sc->oldest_seen = seen;
+		sc->oldest = w;
+	}
+	return 0;
+}
+
+/* scan_set scans set for sc->key. */
+static __always_inline void scan_set(__u32 set, struct set_scan *sc)
+{
+	sc->set = set;
+	sc->hit = sc->expired = sc->oldest = NO_WAY;
 	sc->oldest_seen = ~0ULL;
 	sc->used = GRM_FLOW_WAYS;
-#pragma unroll
-	for (__u32 w = 0; w < GRM_FLOW_WAYS; w++) {
-		__u32 i = set * GRM_FLOW_WAYS + w;
-		struct grm_flow *e = bpf_map_lookup_elem(&flows, &i);
-		__u32 s1;
-		__u64 seen;
+	bpf_loop(GRM_FLOW_WAYS, scan_way, sc, 0);
+}
 
-		if (!e)
-			return;
-		s1 = READ_ONCE32(e->seq);
-		if (s1 & 1)
-			continue;
-		barrier();
-		if (e->key.group == 0) {
-			sc->unused = e;
-			sc->used = w;
-			return;
-		}
-		seen = e->seen_ns;
-		if (key_eq(e, k)) {
-			snap->seen_ns = seen;
-			snap->index = e->index;
-			snap->epoch = e->epoch;
-			barrier();
-			if (READ_ONCE32(e->seq) != s1)
-				continue; /* rewritten while read */
-			sc->hit = e;
-			return;
-		}
-		if (now - seen > (__u64)e->timeout_sec * 1000000000ULL) {
-			if (!sc->expired)
-				sc->expired = e;
-		} else if (seen < sc->oldest_seen) {
-			sc->oldest_seen = seen;
-			sc->oldest = e;
-		}
-	}
+/* Set in flow_target's result when the entry it picked holds a live flow. */
+#define EVICT 0x80000000U
+
+/* flow_target picks the entry a new flow is written to (NO_ENTRY: none):
+ * in its first set while that has fewer than GRM_FLOW_FIRST_SET used ways;
+ * else one whose flow is over, a never-used one in the emptier set, the
+ * least recently seen (an eviction, flagged with EVICT). sb is read only
+ * when sa has GRM_FLOW_FIRST_SET used ways or more. A global function: the
+ * verifier checks it once, apart from its callers' paths. */
+__attribute__((noinline)) __u32 flow_target(const struct set_scan *sa, const struct set_scan *sb)
+{
+	if (!sa || !sb)
+		return NO_ENTRY;
+	if (sa->used < GRM_FLOW_FIRST_SET)
+		return sa->set * GRM_FLOW_WAYS + (sa->expired != NO_WAY ? sa->expired : sa->used);
+	if (sa->expired != NO_WAY)
+		return sa->set * GRM_FLOW_WAYS + sa->expired;
+	if (sb->expired != NO_WAY)
+		return sb->set * GRM_FLOW_WAYS + sb->expired;
+	if (sa->used < GRM_FLOW_WAYS && sa->used <= sb->used)
+		return sa->set * GRM_FLOW_WAYS + sa->used;
+	if (sb->used < GRM_FLOW_WAYS)
+		return sb->set * GRM_FLOW_WAYS + sb->used;
+	if (sa->oldest != NO_WAY && sa->oldest_seen <= sb->oldest_seen)
+		return (sa->set * GRM_FLOW_WAYS + sa->oldest) | EVICT;
+	if (sb->oldest != NO_WAY)
+		return (sb->set * GRM_FLOW_WAYS + sb->oldest) | EVICT;
+	return NO_ENTRY;
 }
 
 /* flow_write claims entry e and writes the flow into it. It fails when
@@ -264,13 +310,13 @@ int grm_reuseport(struct sk_reuseport_md *md)
 {
 	struct grm_counters *cnt;
 	struct grm_group *g;
-	struct grm_flow_key key __attribute__((aligned(8)));
-	struct set_scan sa = {}, sb = {.oldest_seen = ~0ULL, .used = GRM_FLOW_WAYS};
+	struct set_scan sa __attribute__((aligned(8))) = {};
+	struct set_scan sb __attribute__((aligned(8))) = {};
 	struct flow_snap snap = {};
-	struct grm_flow *hit = 0;
+	__u32 hit = NO_ENTRY;
 	struct grm_slot sel;
 	__u64 now = 0, st;
-	__u32 gid = group_id, gen, count, base, set_a, set_b;
+	__u32 gid = group_id, gen, count, base, set_b;
 
 	cnt = bpf_map_lookup_elem(&counters, &gid);
 	g = bpf_map_lookup_elem(&groups, &gid);
@@ -292,28 +338,34 @@ int grm_reuseport(struct sk_reuseport_md *md)
 		goto new_flow;
 	}
 
-	__builtin_memset(&key, 0, sizeof(key));
-	key.group = gid;
-	if (flow_key(md, &key)) {
+	sa.key.group = gid;
+	if (flow_key(md, &sa.key)) {
 		cnt->rx_packet_too_short_error++;
 		goto new_flow;
 	}
 	cnt->rx_dissected_ok_total++;
 	now = bpf_ktime_get_coarse_ns();
-	set_a = md->hash & flow_set_mask;
-	scan_set(set_a, &key, now, &sa, &snap);
-	hit = sa.hit;
-	/* A flow goes to its second set only once its first has
-	 * GRM_FLOW_FIRST_SET used ways, and ways never empty: below that,
-	 * the second set cannot hold it. */
-	if (!hit && sa.used >= GRM_FLOW_FIRST_SET) {
-		set_b = (md->hash * 2654435761U) >> flow_set_shift;
-		if (set_b == set_a)
+	sa.now = now;
+	scan_set(md->hash & flow_set_mask, &sa);
+	if (sa.hit != NO_WAY) {
+		hit = sa.set * GRM_FLOW_WAYS + sa.hit;
+		snap = sa.snap;
+	} else if (sa.used >= GRM_FLOW_FIRST_SET) {
+		/* A flow goes to its second set only once its first has
+		 * GRM_FLOW_FIRST_SET used ways, and ways never empty: below
+		 * that, the second set cannot hold it. */
+		set_b = ((md->hash * 2654435761U) >> flow_set_shift) & flow_set_mask;
+		if (set_b == sa.set)
 			set_b ^= 1;
-		scan_set(set_b & flow_set_mask, &key, now, &sb, &snap);
-		hit = sb.hit;
+		sb.key = sa.key;
+		sb.now = now;
+		scan_set(set_b, &sb);
+		if (sb.hit != NO_WAY) {
+			hit = set_b * GRM_FLOW_WAYS + sb.hit;
+			snap = sb.snap;
+		}
 	}
-	if (!hit) {
+	if (hit == NO_ENTRY) {
 		cnt->rx_flow_new_unseen++;
 	} else if (now - snap.seen_ns > (__u64)g->flow_timeout_sec * 1000000000ULL) {
 		cnt->rx_flow_new_had_expired++;
@@ -325,8 +377,12 @@ int grm_reuseport(struct sk_reuseport_md *md)
 		if (ep && *ep == snap.epoch)
 			err = bpf_sk_select_reuseport(md, &sockets, &idx, 0);
 		if (err == 0) {
-			if (now - snap.seen_ns > refresh_ns)
-				hit->seen_ns = now;
+			if (now - snap.seen_ns > refresh_ns) {
+				struct grm_flow *e = bpf_map_lookup_elem(&flows, &hit);
+
+				if (e)
+					e->seen_ns = now;
+			}
 			cnt->rx_flow_ok++;
 			return SK_PASS;
 		}
@@ -353,28 +409,13 @@ new_flow:
 	}
 	cnt->rx_new_flow_working_gen_dispatch_ok++;
 	if (now) { /* a flow group with a dissected key */
-		struct grm_flow *e = hit;
+		__u32 t = hit != NO_ENTRY ? hit : flow_target(&sa, &sb);
+		__u32 k = t & ~EVICT;
+		struct grm_flow *e = bpf_map_lookup_elem(&flows, &k);
 
-		/* The flow's own entry; in its first set while that has fewer
-		 * than GRM_FLOW_FIRST_SET used ways; else one whose flow is
-		 * over, a never-used one in the emptier set, the least
-		 * recently seen. */
-		if (!e && sa.used < GRM_FLOW_FIRST_SET)
-			e = sa.expired ? sa.expired : sa.unused;
-		if (!e)
-			e = sa.expired;
-		if (!e)
-			e = sb.expired;
-		if (!e)
-			e = sa.used <= sb.used ? sa.unused : sb.unused;
-		if (!e)
-			e = sa.unused ? sa.unused : sb.unused;
-		if (!e) {
-			e = sa.oldest_seen <= sb.oldest_seen ? sa.oldest : sb.oldest;
-			if (e)
-				cnt->rx_flow_evicted++;
-		}
-		if (!e || flow_write(e, &key, now, g->flow_timeout_sec, &sel))
+		if (t != NO_ENTRY && (t & EVICT) && e)
+			cnt->rx_flow_evicted++;
+		if (!e || flow_write(e, &sa.key, now, g->flow_timeout_sec, &sel))
 			cnt->rx_flow_create_error++;
 	}
 	return SK_PASS;

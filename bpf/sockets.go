@@ -81,12 +81,8 @@ func (d *DataPlane) ClearGroup(gid uint32) error {
 			delete(d.slotOf, k)
 		}
 	}
-	// The kernel keeps a program attached to a group alive; our handle
-	// goes, and a re-created group gets a fresh copy.
-	if p := d.progs[gid]; p != nil {
-		p.Close()
-		delete(d.progs, gid)
-	}
+	// The group's copy of the program stays loaded: a group that gets
+	// this id again attaches it instead of loading (and verifying) anew.
 	return nil
 }
 

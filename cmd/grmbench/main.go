@@ -116,6 +116,7 @@ func run() int {
 		via:     *via,
 		machine: readMachine(version),
 		sysctl:  statsSysctl(),
+		altCfg:  altConfig{lives: []int{1, 1000}, rounds: *rounds, packets: *packets},
 		costCfg: costConfig{
 			lives: []int{1, 1000, 100000}, rounds: *rounds, packets: *packets, newFlows: *newFlows,
 			hot: 1000, maxFlows: 1 << 18,
@@ -166,7 +167,7 @@ func run() int {
 // measureAll runs the wanted sections: the two that read BPF run-time
 // statistics with the statistics on, the echo comparison with them off.
 func measureAll(r *report, want func(string) bool, logf func(string, ...any)) error {
-	if want("cost") || want("table") {
+	if want("cost") || want("alternatives") || want("table") {
 		stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
 		if err != nil {
 			return fmt.Errorf("enable BPF run-time statistics: %w", err)
@@ -232,7 +233,7 @@ func measureAll(r *report, want func(string) bool, logf func(string, ...any)) er
 }
 
 // sections are the report's sections, in the order they run.
-var sections = []string{"cost", "table", "echo", "hotpath", "upgrade", "loss", "scale", "bind"}
+var sections = []string{"cost", "alternatives", "table", "echo", "hotpath", "upgrade", "loss", "scale", "bind"}
 
 func measureStats(r *report, want func(string) bool, logf func(string, ...any)) error {
 	tx, err := newRawSender()
@@ -244,6 +245,12 @@ func measureStats(r *report, want func(string) bool, logf func(string, ...any)) 
 		logf("per-packet cost, live flows %v, %d rounds", r.costCfg.lives, r.costCfg.rounds)
 		if r.cost, r.costTableSize, err = runCost(r.costCfg, tx, logf); err != nil {
 			return fmt.Errorf("per-packet cost: %w", err)
+		}
+	}
+	if want("alternatives") {
+		logf("design alternatives, live flows %v, %d rounds", r.altCfg.lives, r.altCfg.rounds)
+		if r.alt, err = runAlternatives(r.altCfg, tx, logf); err != nil {
+			return fmt.Errorf("design alternatives: %w", err)
 		}
 	}
 	if want("table") {

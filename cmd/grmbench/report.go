@@ -96,6 +96,8 @@ type report struct {
 	sysctlOff string // ... during the echo rounds
 	total     time.Duration
 
+	altCfg        altConfig
+	alt           []costRow
 	costCfg       costConfig
 	cost          []costRow
 	costTableSize uint32 // entries of the flow table the cost section used
@@ -153,6 +155,9 @@ func (r *report) markdown() string {
 	w("| whole run | %s |\n\n", r.total.Round(time.Second))
 	if r.cost != nil {
 		r.costSection(w)
+	}
+	if r.alt != nil {
+		r.altSection(w)
 	}
 	if r.table != nil {
 		r.tableSection(w)

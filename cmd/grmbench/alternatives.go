@@ -1,0 +1,184 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// The alternatives section's rows.
+const (
+	altSelectHash  = "select a socket: SOCKHASH by cookie"
+	altSelectArray = "select a socket: REUSEPORT_SOCKARRAY by index (grmwrap)"
+	altFlowLRU     = "find a flow: LRU hash, exact 4-tuple key"
+	altFlowSets    = "find a flow: 8-way set of an array at the reuseport hash (grmwrap)"
+)
+
+// altConfig sizes the alternatives section.
+type altConfig struct {
+	lives   []int // live flows for the flow rows
+	rounds  int
+	packets int
+}
+
+// altSetEntries is the size of alt_sets in alternatives.c.
+const altSetEntries = 131072
+
+// runAlternatives measures the programs of alternatives.c side by side:
+// each has a group of two sockets of its own, and every round sends the
+// same clients to each group in rotated order.
+func runAlternatives(cfg altConfig, tx *rawSender, logf func(string, ...any)) ([]costRow, error) {
+	groups := make([][]*server, 4)
+	defer func() {
+		for _, g := range groups {
+			closeServers(g)
+		}
+	}()
+	for i := range groups {
+		g, err := newServerGroup(2, nil)
+		if err != nil {
+			return nil, err
+		}
+		groups[i] = g
+	}
+	hashed, arrayed, lru, sets := groups[0], groups[1], groups[2], groups[3]
+	cookie, err := unix.GetsockoptUint64(hashed[0].fd, unix.SOL_SOCKET, unix.SO_COOKIE)
+	if err != nil {
+		return nil, fmt.Errorf("socket cookie: %w", err)
+	}
+
+	spec, err := loadAlternatives()
+	if err != nil {
+		return nil, fmt.Errorf("load alternatives spec: %w", err)
+	}
+	if err := spec.Variables["alt_cookie"].Set(cookie); err != nil {
+		return nil, err
+	}
+	if err := spec.Variables["alt_index"].Set(uint32(0)); err != nil {
+		return nil, err
+	}
+	if err := spec.Variables["alt_set_mask"].Set(uint32(altSetEntries/8 - 1)); err != nil {
+		return nil, err
+	}
+	var objs alternativesObjects
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		return nil, fmt.Errorf("load alternatives: %w", err)
+	}
+	defer objs.Close()
+	for i, s := range hashed {
+		c, err := unix.GetsockoptUint64(s.fd, unix.SOL_SOCKET, unix.SO_COOKIE)
+		if err != nil {
+			return nil, fmt.Errorf("socket cookie: %w", err)
+		}
+		if err := objs.AltSockhash.Update(c, uint64(s.fd), 0); err != nil {
+			return nil, fmt.Errorf("sockhash socket %d: %w", i, err)
+		}
+	}
+	for i, s := range arrayed {
+		if err := objs.AltSockarray.Update(uint32(i), uint64(s.fd), 0); err != nil {
+			return nil, fmt.Errorf("sockarray socket %d: %w", i, err)
+		}
+	}
+	for _, a := range []struct {
+		g  []*server
+		fd int
+	}{{hashed, objs.AltSelectSockhash.FD()}, {arrayed, objs.AltSelectSockarray.FD()}, {lru, objs.AltFlowLru.FD()}, {sets, objs.AltFlowSets.FD()}} {
+		if err := attachProgram(a.g[0].fd, a.fd); err != nil {
+			return nil, err
+		}
+	}
+
+	var rows []costRow
+	for _, live := range cfg.lives {
+		// The flows: one datagram from each client creates its entry.
+		for _, g := range []*server{lru[0], sets[0]} {
+			if err := tx.sendRange(0, live, g.port); err != nil {
+				return nil, err
+			}
+		}
+		type scenario struct {
+			row  *costRow
+			prog func() (float64, uint64, error)
+		}
+		mk := func(path string) *costRow { return &costRow{path: path, live: live} }
+		var scen []scenario
+		add := func(row *costRow, g []*server, measureProg func(send func() error) (float64, uint64, error)) {
+			port := g[0].port
+			scen = append(scen, scenario{row, func() (float64, uint64, error) {
+				return measureProg(func() error { return tx.sendCycle(0, live, cfg.packets, port) })
+			}})
+		}
+		flowLRU, flowSets := mk(altFlowLRU), mk(altFlowSets)
+		add(flowLRU, lru, func(send func() error) (float64, uint64, error) { return measure(objs.AltFlowLru, cfg.packets, send) })
+		add(flowSets, sets, func(send func() error) (float64, uint64, error) { return measure(objs.AltFlowSets, cfg.packets, send) })
+		var selHash, selArray *costRow
+		if live == cfg.lives[0] {
+			selHash, selArray = mk(altSelectHash), mk(altSelectArray)
+			add(selHash, hashed, func(send func() error) (float64, uint64, error) {
+				return measure(objs.AltSelectSockhash, cfg.packets, send)
+			})
+			add(selArray, arrayed, func(send func() error) (float64, uint64, error) {
+				return measure(objs.AltSelectSockarray, cfg.packets, send)
+			})
+		}
+		for r := range cfg.rounds {
+			for k := range scen {
+				sc := scen[(k+r)%len(scen)]
+				ns, runs, err := sc.prog()
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", sc.row.path, err)
+				}
+				sc.row.ns = append(sc.row.ns, ns)
+				sc.row.runs += runs
+				sc.row.sent += uint64(cfg.packets)
+			}
+		}
+		if selHash != nil {
+			rows = append(rows, *selHash, *selArray)
+		}
+		rows = append(rows, *flowLRU, *flowSets)
+		logf("  %d live flows: LRU %.1f ns, sets %.1f ns", live, median(flowLRU.ns), median(flowSets.ns))
+	}
+	return rows, nil
+}
+
+// altSection writes the alternatives section.
+func (r *report) altSection(w func(string, ...any)) {
+	c := r.altCfg
+	w("## The data plane's design choices, side by side\n\n")
+	w("%s\n\n", r.sectionCmd("alternatives"))
+	w("How: the programs of `cmd/grmbench/alternatives.c`, each attached to a group of two sockets of\n")
+	w("its own and measured like the steering program above (BPF run-time statistics; %d rounds of %s\n", c.rounds, thousands(uint64(c.packets)))
+	w("datagrams per program, order rotated each round, the same clients cycling). Each does one thing\n")
+	w("the steering program does, in the way a first design did it and in the way grmwrap does it\n")
+	w("(`docs/dataplane.md`):\n")
+	w("- *select a socket*: `bpf_sk_select_reuseport` with a SOCKHASH keyed by socket cookie (a hash\n")
+	w("  lookup inside the helper), or with a REUSEPORT_SOCKARRAY by index (an array index);\n")
+	w("- *find a flow*: build the exact 4-tuple key (as the steering program does), then look it up in\n")
+	w("  an LRU hash of 65,536 entries (the key is hashed, a bucket walked; a miss inserts), or scan the\n")
+	w("  set of 8 one-cache-line entries that the kernel's reuseport hash picks in an array of %s\n", thousands(altSetEntries))
+	w("  entries, reading each entry's sequence number before and after (a miss claims a never-used\n")
+	w("  entry by compare-and-swap).\n\n")
+	w("| operation | live flows | ns/packet, median (min-max) | difference of the medians |\n|---|---|---|---|\n")
+	byKey := make(map[string]float64)
+	for _, row := range r.alt {
+		byKey[row.path+"/"+strconv.Itoa(row.live)] = median(row.ns)
+	}
+	for _, row := range r.alt {
+		diff := "-"
+		var other string
+		switch row.path {
+		case altSelectArray:
+			other = altSelectHash
+		case altFlowSets:
+			other = altFlowLRU
+		}
+		if o, ok := byKey[other+"/"+strconv.Itoa(row.live)]; ok && !math.IsNaN(o) {
+			diff = fmt.Sprintf("%+.1f ns against the line above", median(row.ns)-o)
+		}
+		w("| %s | %s | %s | %s |\n", row.path, thousands(uint64(row.live)), spread(row.ns, 1), diff)
+	}
+	w("\n")
+}
