@@ -56,7 +56,8 @@ var dataplaneHelp = map[string]string{
 	"rx_new_flow_working_gen_dispatch_ok":    "New-flow datagrams sent to a socket of the working generation.",
 	"rx_new_flow_working_gen_dispatch_error": "New-flow datagrams whose working-generation slot was empty or whose socket was gone.",
 	"rx_no_working_socket":                   "Datagrams arriving while the working generation had no socket.",
-	"rx_flow_create_error":                   "Flow table updates that failed.",
+	"rx_flow_create_error":                   "New flows not recorded: the flow table entries they could take were being written by another CPU.",
+	"rx_flow_evicted":                        "New flows that took the entry of a live flow (both of its sets in the flow table were full).",
 	"rx_noop":                                "Datagrams of groups with the noop dissector.",
 	"rx_fallback_kernel":                     "Datagrams for which nothing was selected: the kernel's reuseport hash decided.",
 }
