@@ -197,6 +197,7 @@ func (d *DataPlane) Program(gid uint32) (*ebpf.Program, error) {
 	err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 		"sockets":       d.objs.Sockets,
 		"epochs":        d.objs.Epochs,
+		"sock_seen":     d.objs.SockSeen,
 		"socket_groups": d.objs.SocketGroups,
 		"slots":         d.objs.Slots,
 		"groups":        d.objs.Groups,

@@ -1,10 +1,10 @@
 package bpf
 
 import (
-	"errors"
 	"fmt"
 	"math/bits"
 	"net/netip"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 )
@@ -20,27 +20,36 @@ type Flow struct {
 	Epoch  uint32
 }
 
+// flowSize is sizeof(struct grm_flow): one cache line.
+const flowSize = 64
+
+var _ = [1]struct{}{}[unsafe.Sizeof(reuseportGrmFlow{})-flowSize]
+
 // scanFlows calls fn with every used entry of the flow table that was not
-// being written when read.
+// being written when read. It reads the table through its memory mapping
+// (a copy of each chunk, no system call per entry); entries the program
+// writes meanwhile may be seen before or after the write.
 func (d *DataPlane) scanFlows(fn func(pos uint32, f *reuseportGrmFlow)) error {
+	mem, err := d.objs.Flows.Memory()
+	if err != nil {
+		return fmt.Errorf("map the flow table: %w", err)
+	}
 	const chunk = 4096
-	keys := make([]uint32, chunk)
-	vals := make([]reuseportGrmFlow, chunk)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := d.objs.Flows.BatchLookup(&cursor, keys, vals, nil)
-		for i := range n {
-			if v := &vals[i]; v.Key.Group != 0 && v.Seq&1 == 0 {
-				fn(keys[i], v)
-			}
-		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil
-		}
-		if err != nil {
+	buf := make([]reuseportGrmFlow, chunk)
+	raw := unsafe.Slice((*byte)(unsafe.Pointer(&buf[0])), chunk*flowSize)
+	n := d.objs.Flows.MaxEntries()
+	for off := uint32(0); off < n; off += chunk {
+		k := min(chunk, n-off)
+		if _, err := mem.ReadAt(raw[:k*flowSize], int64(off)*flowSize); err != nil {
 			return fmt.Errorf("read flow table: %w", err)
 		}
+		for i := range k {
+			if v := &buf[i]; v.Key.Group != 0 && v.Seq&1 == 0 {
+				fn(off+i, v)
+			}
+		}
 	}
+	return nil
 }
 
 // Flows returns the used entries of the flow table.

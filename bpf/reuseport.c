@@ -53,6 +53,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } epochs SEC(".maps");
 
+/* When each socket index last had a flow written or refreshed (the
+ * latest last-seen time of its flows): a drain asks it instead of walking
+ * the flow table. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRM_MAX_SOCKETS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sock_seen SEC(".maps");
+
 /* Socket cookie -> (group, index): user space's record of live sockets
  * (for a restarted supervisor); not read per packet. */
 struct {
@@ -86,6 +97,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_MMAPABLE); /* user space reads it in place; entries start page-aligned */
 	__type(key, __u32);
 	__type(value, struct grm_flow);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -285,6 +297,15 @@ __attribute__((noinline)) __u32 flow_target(const struct set_scan *sa, const str
 	return NO_ENTRY;
 }
 
+/* mark_seen records that socket index idx served a flow at now. */
+static __always_inline void mark_seen(__u32 idx, __u64 now)
+{
+	__u64 *t = bpf_map_lookup_elem(&sock_seen, &idx);
+
+	if (t && *t < now)
+		*t = now;
+}
+
 /* flow_write claims entry e and writes the flow into it. It fails when
  * another CPU is writing e. */
 static __always_inline int flow_write(struct grm_flow *e, const struct grm_flow_key *k, __u64 now,
@@ -382,6 +403,7 @@ int grm_reuseport(struct sk_reuseport_md *md)
 
 				if (e)
 					e->seen_ns = now;
+				mark_seen(idx, now);
 			}
 			cnt->rx_flow_ok++;
 			return SK_PASS;
@@ -417,6 +439,8 @@ new_flow:
 			cnt->rx_flow_evicted++;
 		if (!e || flow_write(e, &sa.key, now, g->flow_timeout_sec, &sel))
 			cnt->rx_flow_create_error++;
+		else
+			mark_seen(sel.index, now);
 	}
 	return SK_PASS;
 

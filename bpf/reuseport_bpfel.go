@@ -89,6 +89,7 @@ const (
 	reuseportMapFlows              = "flows"
 	reuseportMapGroups             = "groups"
 	reuseportMapSlots              = "slots"
+	reuseportMapSockSeen           = "sock_seen"
 	reuseportMapSocketGroups       = "socket_groups"
 	reuseportMapSockets            = "sockets"
 	reuseportProgGrmReuseport      = "grm_reuseport"
@@ -153,6 +154,7 @@ type reuseportMapSpecs struct {
 	Flows        *ebpf.MapSpec `ebpf:"flows"`
 	Groups       *ebpf.MapSpec `ebpf:"groups"`
 	Slots        *ebpf.MapSpec `ebpf:"slots"`
+	SockSeen     *ebpf.MapSpec `ebpf:"sock_seen"`
 	SocketGroups *ebpf.MapSpec `ebpf:"socket_groups"`
 	Sockets      *ebpf.MapSpec `ebpf:"sockets"`
 }
@@ -193,6 +195,7 @@ type reuseportMaps struct {
 	Flows        *ebpf.Map `ebpf:"flows"`
 	Groups       *ebpf.Map `ebpf:"groups"`
 	Slots        *ebpf.Map `ebpf:"slots"`
+	SockSeen     *ebpf.Map `ebpf:"sock_seen"`
 	SocketGroups *ebpf.Map `ebpf:"socket_groups"`
 	Sockets      *ebpf.Map `ebpf:"sockets"`
 }
@@ -204,6 +207,7 @@ func (m *reuseportMaps) Close() error {
 		m.Flows,
 		m.Groups,
 		m.Slots,
+		m.SockSeen,
 		m.SocketGroups,
 		m.Sockets,
 	)

@@ -236,6 +236,9 @@ func (d *DataPlane) insertSocket(gid, gen uint32, cookie uint64, fd int) error {
 	if err != nil {
 		return err
 	}
+	if err := d.objs.SockSeen.Update(uint32(index), uint64(0), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("reset socket index %d: %w", index, err)
+	}
 	if err := d.objs.Sockets.Update(uint32(index), uint64(fd), ebpf.UpdateAny); err != nil {
 		if errors.Is(err, unix.EBUSY) {
 			return fmt.Errorf("insert socket into the reuseport array: the socket is in another BPF socket map: %w", err)
@@ -430,4 +433,31 @@ func (d *DataPlane) restore() error {
 		}
 	}
 	return nil
+}
+
+// Active reports whether any of the sockets with the given cookies served
+// a flow seen within timeout: the latest last-seen time of a socket's
+// flows is kept per socket, so this reads one element per socket instead
+// of walking the flow table.
+func (d *DataPlane) Active(cookies []uint64, timeout time.Duration) (bool, error) {
+	now, err := coarseNow()
+	if err != nil {
+		return false, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, c := range cookies {
+		ref, ok := d.socks[c]
+		if !ok {
+			continue
+		}
+		var seen uint64
+		if err := d.objs.SockSeen.Lookup(ref.index, &seen); err != nil {
+			return false, fmt.Errorf("read socket index %d: %w", ref.index, err)
+		}
+		if seen != 0 && now-seen <= uint64(timeout.Nanoseconds()) {
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -3,6 +3,7 @@ package bpf
 import (
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/grmwrap/grmwrap/internal/nstest"
 )
@@ -143,5 +144,53 @@ func TestMaxFlowsFit(t *testing.T) {
 	})
 	if got := len(e.flowTable(gid)); got != maxFlows {
 		t.Errorf("flow table holds %d flows, want %d", got, maxFlows)
+	}
+}
+
+// TestActive: Active says whether a socket served a flow within the
+// timeout, from the per-socket time the program keeps: true after a flow's
+// first datagram, false once the flows went quiet for longer than the
+// timeout, true again with the next datagram; a socket that never served
+// a flow is never active.
+func TestActive(t *testing.T) {
+	if !nstest.Enter(t) {
+		return
+	}
+	e := newEnv(t, Options{Refresh: 10 * time.Millisecond})
+	const gid = 1
+	gen1 := e.addGen(gid, 1, 1, lo4)
+	gen2 := e.addGen(gid, 2, 1, gen1[0].addr)
+	e.setGroup(gid, 1, 1, flowDis, hour)
+	active := func(ss []*server, timeout time.Duration) bool {
+		t.Helper()
+		var cookies []uint64
+		for _, s := range ss {
+			cookies = append(cookies, s.cookie)
+		}
+		a, err := e.d.Active(cookies, timeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	if active(gen1, hour) || active(gen2, hour) {
+		t.Fatal("active before any datagram")
+	}
+	cls := e.clients(3, gen1[0].addr)
+	e.roundtrip(cls, 1)
+	if !active(gen1, hour) {
+		t.Error("generation 1 not active after its flows' first datagrams")
+	}
+	if active(gen2, hour) {
+		t.Error("generation 2 active without a flow")
+	}
+	const quiet = 100 * time.Millisecond
+	time.Sleep(2 * quiet)
+	if active(gen1, quiet) {
+		t.Errorf("generation 1 active after %v without datagrams (timeout %v)", 2*quiet, quiet)
+	}
+	e.roundtrip(cls[:1], 1) // older than the refresh interval: rewritten
+	if !active(gen1, quiet) {
+		t.Error("generation 1 not active after a datagram of an existing flow")
 	}
 }

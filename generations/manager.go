@@ -54,8 +54,12 @@ type Sockets interface {
 	Bound(gen uint32) []GroupKey
 	// Changed is closed (and replaced) whenever sockets come or go.
 	Changed() <-chan struct{}
-	// LiveFlows counts gen's flows seen within the flow timeout.
+	// LiveFlows counts gen's flows seen within the flow timeout (it may
+	// walk the whole flow table: for status, not for polling).
 	LiveFlows(gen uint32) (int, error)
+	// Active reports whether any flow of gen was seen within the flow
+	// timeout; cheap, it is what a drain polls.
+	Active(gen uint32) (bool, error)
 	// SocketCount counts gen's sockets in steering.
 	SocketCount(gen uint32) int
 	// Release takes gen's sockets out of steering; queued then reports how
@@ -407,16 +411,16 @@ func (m *Manager) drain(g *generation, revived <-chan struct{}) {
 		t := time.NewTicker(m.cfg.DrainPoll)
 	wait:
 		for {
-			flows, err := m.sockets.LiveFlows(g.n)
+			active, err := m.sockets.Active(g.n)
 			switch {
 			case err != nil:
-				m.log.Error("drain: count flows", "generation", g.n, "err", err)
-			case flows == 0:
+				m.log.Error("drain: look for live flows", "generation", g.n, "err", err)
+			case !active:
 				m.log.Info("drain: no live flows left", "generation", g.n)
 				break wait
 			}
 			if time.Now().After(deadline) {
-				m.log.Warn("drain: timeout, stopping with live flows", "generation", g.n, "flows", flows)
+				m.log.Warn("drain: timeout, stopping with live flows", "generation", g.n)
 				break
 			}
 			select {

@@ -462,6 +462,11 @@ func (s *mSockets) LiveFlows(gen uint32) (int, error) {
 	return s.flows[gen], s.flowsErr[gen]
 }
 
+func (s *mSockets) Active(gen uint32) (bool, error) {
+	n, err := s.LiveFlows(gen)
+	return n > 0, err
+}
+
 // SetFlows sets gen's live flows (and the error counting them gives).
 func (s *mSockets) SetFlows(gen uint32, n int, err error) {
 	s.mu.Lock()

@@ -375,6 +375,19 @@ func (s *Steering) Groups() []GroupInfo {
 	return out
 }
 
+// Cookies returns the cookies of generation gen's sockets, in any order.
+func (s *Steering) Cookies(gen uint32) []uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []uint64
+	for _, g := range s.groups {
+		for _, m := range g.gens[gen] {
+			out = append(out, m.cookie)
+		}
+	}
+	return out
+}
+
 // Sockets returns the inodes of generation gen's sockets, in any order.
 func (s *Steering) Sockets(gen uint32) []uint64 {
 	s.mu.Lock()

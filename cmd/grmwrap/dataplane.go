@@ -123,6 +123,12 @@ func (d *dataPlane) LiveFlows(gen uint32) (int, error) {
 	return byGen[gen], nil
 }
 
+// Active reports whether any flow of gen was seen within the flow
+// timeout, from the per-socket last-seen times (no walk of the flow table).
+func (d *dataPlane) Active(gen uint32) (bool, error) {
+	return d.bpf.Active(d.Cookies(gen), d.cfg.flowTimeout)
+}
+
 // Release takes gen's sockets out of steering; queued reports the bytes
 // still waiting in them (0 once their processes are gone).
 func (d *dataPlane) Release(gen uint32) (func() (int, error), error) {
