@@ -27,7 +27,10 @@
 //     hashing in the program); ways fill in order and are reused, never
 //     emptied; when both sets are full the least recently seen flow is
 //     evicted (counted). The table has twice as many entries as
-//     Options.MaxFlows, rounded up to a power of two;
+//     Options.MaxFlows, rounded up to a power of two, and is memory-mapped
+//     for user space to read in place;
+//   - sock_seen: per socket index, the latest last-seen time of its flows
+//     (written with the flow), so that a drain need not walk the table;
 //   - counters: per-CPU counters per group.
 //
 // Invariants:
