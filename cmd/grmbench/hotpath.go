@@ -231,8 +231,12 @@ func (r *report) hotpathSection(w func(string, ...any)) {
 	w("| C/B (the program alone), median (min-max) | %s | - |\n", spread(h.ratioCB, 3))
 	w("| B/A and C/A over all rounds (total replies / total time) | %.3f and %.3f | - |\n", h.aggregate(modeIntercept), h.aggregate(modeSteered))
 	if r.bind != nil {
-		w("| the filter's cost per untrapped syscall (getppid, bind section below; the server makes three per datagram: ppoll, recvfrom, sendto) | %.0f ns | - |\n",
-			median(r.bind.syscallNS[1])-median(r.bind.syscallNS[0]))
+		cost := median(r.bind.syscallNS[1]) - median(r.bind.syscallNS[0])
+		w("| the filter's cost per untrapped syscall (getppid, bind section below; the server makes three per datagram: ppoll, recvfrom, sendto) | %.0f ns (a one-instruction allow-all filter: %.0f ns) | - |\n",
+			cost, median(r.bind.syscallNS[2])-median(r.bind.syscallNS[0]))
+		if a := median(h.rates[modePlain]); a > 0 {
+			w("| B/A that cost alone implies: 1 / (1 + 3 x cost x A) | %.4f | >= 0.99 |\n", 1/(1+3*cost*1e-9*a))
+		}
 	}
 	w("| program runs counted over whole rounds (settling and closing included) A / B / C | %s / %s / %s (replies in the measured part of C rounds: %s) | 0 in A and B |\n\n",
 		thousands(h.runs[modePlain]), thousands(h.runs[modeIntercept]), thousands(h.runs[modeSteered]), thousands(h.replies[modeSteered]))

@@ -4,6 +4,7 @@
  *
  * Usage: bindloop ADDR PORT N
  *        bindloop --syscall N
+ *        bindloop --syscall-allow-filter N
  *
  * Runs WARMUP + N rounds of: socket(AF_INET, SOCK_DGRAM), bind(ADDR:PORT),
  * getsockopt(SO_REUSEPORT), close(). It never sets SO_REUSEPORT itself, so
@@ -19,6 +20,9 @@
  * With --syscall it makes WARMUP * 20 unmeasured then N measured
  * syscall(SYS_getppid) calls, timed together, and prints:
  *   syscalls=N mean_ns=M
+ * --syscall-allow-filter first installs a seccomp filter of one
+ * instruction (return SECCOMP_RET_ALLOW): what any seccomp filter costs a
+ * syscall, the floor for grmwrap's.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -28,6 +32,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -70,6 +77,19 @@ static int syscalls(long n)
 	return 0;
 }
 
+/* allow_all installs a seccomp filter that allows every syscall. */
+static int allow_all(void)
+{
+	struct sock_filter insn[] = {BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)};
+	struct sock_fprog prog = {.len = 1, .filter = insn};
+
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
+		fprintf(stderr, "bindloop: install seccomp filter: %s\n", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct sockaddr_in sin;
@@ -78,8 +98,10 @@ int main(int argc, char **argv)
 
 	if (argc == 3 && strcmp(argv[1], "--syscall") == 0)
 		return syscalls(strtol(argv[2], NULL, 10));
+	if (argc == 3 && strcmp(argv[1], "--syscall-allow-filter") == 0)
+		return allow_all() ? 1 : syscalls(strtol(argv[2], NULL, 10));
 	if (argc != 4) {
-		fprintf(stderr, "usage: bindloop ADDR PORT N | bindloop --syscall N\n");
+		fprintf(stderr, "usage: bindloop ADDR PORT N | bindloop --syscall N | bindloop --syscall-allow-filter N\n");
 		return 2;
 	}
 	memset(&sin, 0, sizeof(sin));
