@@ -120,6 +120,12 @@ func runInit(credArg string, wantKillable bool, path string, argv []string) erro
 	if err != nil {
 		return fmt.Errorf("send listener to supervisor: %w", err)
 	}
+	// The supervisor started this stage at a lower priority (initNice);
+	// the server gets the supervisor's (while still privileged to raise
+	// it). This thread is the one that execs.
+	if err := restorePriority(); err != nil {
+		return err
+	}
 	if cred != nil {
 		if err := dropPrivileges(cred); err != nil {
 			return err
@@ -127,6 +133,20 @@ func runInit(credArg string, wantKillable bool, path string, argv []string) erro
 	}
 	err = syscall.Exec(path, argv, os.Environ())
 	return fmt.Errorf("exec %s: %w", path, err)
+}
+
+// restorePriority gives the calling thread the nice value of the
+// supervisor (its parent's main thread).
+func restorePriority() error {
+	// getpriority(2) returns 20 - nice.
+	p, err := unix.Getpriority(unix.PRIO_PROCESS, os.Getppid())
+	if err != nil {
+		return fmt.Errorf("read the supervisor's priority: %w", err)
+	}
+	if err := unix.Setpriority(unix.PRIO_PROCESS, 0, 20-p); err != nil {
+		return fmt.Errorf("restore the server's priority: %w", err)
+	}
+	return nil
 }
 
 // dropPrivileges switches every thread to cred (Go's setuid family applies to

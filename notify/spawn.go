@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -41,6 +42,35 @@ type Child struct {
 	Killable bool
 }
 
+// initNice is the nice value the init stage runs at: grmwrap's own start,
+// the filter and the handshake of a new generation yield the CPU to the
+// generations serving traffic (an upgrade on a busy machine must not stall
+// them). The init stage puts the server back at the supervisor's nice
+// value before exec.
+const initNice = 10
+
+// startNiced runs start on an OS thread of its own whose nice value is
+// initNice: the process it forks inherits the thread's. The thread is
+// never unlocked, so it ends with the goroutine and no other goroutine
+// runs at that nice value.
+func startNiced(start func() (*os.Process, error)) (*os.Process, error) {
+	type result struct {
+		p   *os.Process
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		// On failure the init stage runs at the supervisor's priority:
+		// slower to yield, nothing worse.
+		_ = unix.Setpriority(unix.PRIO_PROCESS, 0, initNice)
+		p, err := start()
+		done <- result{p, err}
+	}()
+	r := <-done
+	return r.p, r.err
+}
+
 // Start starts one instance through the init stage and returns once the
 // server program has been exec'd under the filter. The caller reaps the
 // process. On error no listener is left open.
@@ -57,12 +87,14 @@ func Start(spec Spec) (*Child, error) {
 		mode = "plain"
 	}
 	args := append([]string{spec.Self, InitArg, spec.Cred.encode(), mode, spec.Path}, spec.Argv...)
-	proc, err := os.StartProcess(spec.Self, args, &os.ProcAttr{
-		Env:   spec.Env,
-		Files: []*os.File{spec.Files[0], spec.Files[1], spec.Files[2], childEnd},
-		// Its own process group: a terminal's ^C reaches grmwrap, which
-		// decides what each instance gets.
-		Sys: &syscall.SysProcAttr{Setpgid: true},
+	proc, err := startNiced(func() (*os.Process, error) {
+		return os.StartProcess(spec.Self, args, &os.ProcAttr{
+			Env:   spec.Env,
+			Files: []*os.File{spec.Files[0], spec.Files[1], spec.Files[2], childEnd},
+			// Its own process group: a terminal's ^C reaches grmwrap, which
+			// decides what each instance gets.
+			Sys: &syscall.SysProcAttr{Setpgid: true},
+		})
 	})
 	childEnd.Close()
 	if err != nil {

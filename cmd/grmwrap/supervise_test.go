@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -250,5 +251,24 @@ func TestSignalStormBindThroughCLI(t *testing.T) {
 	g.Wait(t, wait)
 	if n := strings.Count(g.Stderr(), `msg="managed bind"`); n != 1 {
 		t.Fatalf("%d managed binds logged, want exactly 1:\n%s", n, g.Stderr())
+	}
+}
+
+// TestServerPriority: the init stage runs at a lower priority (nice 10)
+// so that a starting generation yields the CPU to the serving ones, but
+// the server itself gets the supervisor's nice value: under `nice -n 5
+// grmwrap` it runs at 5, not at the init stage's 10 nor at 0.
+func TestServerPriority(t *testing.T) {
+	if !nstest.Enter(t) {
+		return
+	}
+	nice := lookPath(t, "nice")
+	g := testbin.Start(t, exec.Command(nice, "-n", "5", testbin.Grmwrap(t), "--", "sh", "-c",
+		`read pid comm state ppid pgrp sess tty tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime prio ni rest < /proc/self/stat; echo "nice $ni"`))
+	if l := g.Line(t, wait); l != "nice 5" {
+		t.Fatalf("server said %q, want \"nice 5\" (the supervisor's)", l)
+	}
+	if code := g.Wait(t, wait); code != 0 {
+		t.Fatalf("grmwrap exited %d", code)
 	}
 }
