@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"math/bits"
 	"net/netip"
+	"os"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // Flow is one entry of the flow table, as user space reads it.
@@ -30,19 +32,22 @@ var _ = [1]struct{}{}[unsafe.Sizeof(reuseportGrmFlow{})-flowSize]
 // (a copy of each chunk, no system call per entry); entries the program
 // writes meanwhile may be seen before or after the write.
 func (d *DataPlane) scanFlows(fn func(pos uint32, f *reuseportGrmFlow)) error {
-	mem, err := d.objs.Flows.Memory()
+	n := d.objs.Flows.MaxEntries()
+	page := uint64(os.Getpagesize())
+	size := (uint64(n)*flowSize + page - 1) / page * page
+	// Mapped for this scan only: a mapping kept open would count the
+	// whole table in the supervisor's resident memory once read.
+	mem, err := unix.Mmap(d.objs.Flows.FD(), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
 		return fmt.Errorf("map the flow table: %w", err)
 	}
+	defer unix.Munmap(mem)
 	const chunk = 4096
 	buf := make([]reuseportGrmFlow, chunk)
 	raw := unsafe.Slice((*byte)(unsafe.Pointer(&buf[0])), chunk*flowSize)
-	n := d.objs.Flows.MaxEntries()
 	for off := uint32(0); off < n; off += chunk {
 		k := min(chunk, n-off)
-		if _, err := mem.ReadAt(raw[:k*flowSize], int64(off)*flowSize); err != nil {
-			return fmt.Errorf("read flow table: %w", err)
-		}
+		copy(raw[:k*flowSize], mem[uint64(off)*flowSize:])
 		for i := range k {
 			if v := &buf[i]; v.Key.Group != 0 && v.Seq&1 == 0 {
 				fn(off+i, v)
