@@ -120,9 +120,9 @@ func runInit(credArg string, wantKillable bool, path string, argv []string) erro
 	if err != nil {
 		return fmt.Errorf("send listener to supervisor: %w", err)
 	}
-	// The supervisor started this stage at a lower priority (initNice);
-	// the server gets the supervisor's (while still privileged to raise
-	// it). This thread is the one that execs.
+	// The supervisor started this stage SCHED_IDLE; the server gets the
+	// supervisor's policy and nice value (while still privileged to raise
+	// them). This thread is the one that execs.
 	if err := restorePriority(); err != nil {
 		return err
 	}
@@ -135,16 +135,15 @@ func runInit(credArg string, wantKillable bool, path string, argv []string) erro
 	return fmt.Errorf("exec %s: %w", path, err)
 }
 
-// restorePriority gives the calling thread the nice value of the
-// supervisor (its parent's main thread).
+// restorePriority gives the calling thread the scheduling policy and nice
+// value of the supervisor (its parent's main thread).
 func restorePriority() error {
-	// getpriority(2) returns 20 - nice.
-	p, err := unix.Getpriority(unix.PRIO_PROCESS, os.Getppid())
+	attr, err := unix.SchedGetAttr(os.Getppid(), 0)
 	if err != nil {
-		return fmt.Errorf("read the supervisor's priority: %w", err)
+		return fmt.Errorf("read the supervisor's scheduling: %w", err)
 	}
-	if err := unix.Setpriority(unix.PRIO_PROCESS, 0, 20-p); err != nil {
-		return fmt.Errorf("restore the server's priority: %w", err)
+	if err := unix.SchedSetAttr(0, attr, 0); err != nil {
+		return fmt.Errorf("restore the server's scheduling: %w", err)
 	}
 	return nil
 }

@@ -42,18 +42,14 @@ type Child struct {
 	Killable bool
 }
 
-// initNice is the nice value the init stage runs at: grmwrap's own start,
-// the filter and the handshake of a new generation yield the CPU to the
-// generations serving traffic (an upgrade on a busy machine must not stall
-// them). The init stage puts the server back at the supervisor's nice
-// value before exec.
-const initNice = 10
-
-// startNiced runs start on an OS thread of its own whose nice value is
-// initNice: the process it forks inherits the thread's. The thread is
-// never unlocked, so it ends with the goroutine and no other goroutine
-// runs at that nice value.
-func startNiced(start func() (*os.Process, error)) (*os.Process, error) {
+// startIdle runs start on an OS thread of its own scheduled SCHED_IDLE:
+// the process it forks inherits the policy, so the init stage of a new
+// generation (grmwrap's own start, the filter, the handshake) runs only on
+// CPU time the serving generations leave, and an upgrade on a busy machine
+// does not stall them. The init stage puts the server back on the
+// supervisor's policy and nice value before exec. The thread is never
+// unlocked, so it ends with the goroutine and nothing else runs on it.
+func startIdle(start func() (*os.Process, error)) (*os.Process, error) {
 	type result struct {
 		p   *os.Process
 		err error
@@ -63,7 +59,7 @@ func startNiced(start func() (*os.Process, error)) (*os.Process, error) {
 		runtime.LockOSThread()
 		// On failure the init stage runs at the supervisor's priority:
 		// slower to yield, nothing worse.
-		_ = unix.Setpriority(unix.PRIO_PROCESS, 0, initNice)
+		_ = unix.SchedSetAttr(0, &unix.SchedAttr{Policy: unix.SCHED_IDLE}, 0)
 		p, err := start()
 		done <- result{p, err}
 	}()
@@ -87,7 +83,7 @@ func Start(spec Spec) (*Child, error) {
 		mode = "plain"
 	}
 	args := append([]string{spec.Self, InitArg, spec.Cred.encode(), mode, spec.Path}, spec.Argv...)
-	proc, err := startNiced(func() (*os.Process, error) {
+	proc, err := startIdle(func() (*os.Process, error) {
 		return os.StartProcess(spec.Self, args, &os.ProcAttr{
 			Env:   spec.Env,
 			Files: []*os.File{spec.Files[0], spec.Files[1], spec.Files[2], childEnd},
