@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -271,7 +270,7 @@ func dnsTCPHint(log string) string {
 // dnsPerf is a running dnsperf.
 type dnsPerf struct {
 	cmd     *exec.Cmd
-	out     *lockedBuffer
+	out     *testbin.SyncBuffer
 	started time.Time
 	done    chan struct{}
 	err     error
@@ -282,7 +281,7 @@ type dnsPerf struct {
 func startDNSPerf(t *testing.T, port int) *dnsPerf {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &dnsPerf{out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &dnsPerf{out: &testbin.SyncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.CommandContext(ctx, "dnsperf",
 		"-s", "127.0.0.1",
 		"-p", strconv.Itoa(port),
@@ -308,24 +307,6 @@ func startDNSPerf(t *testing.T, port int) *dnsPerf {
 		<-p.done
 	})
 	return p
-}
-
-// lockedBuffer is a bytes.Buffer that dnsperf writes while the test may read.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // dnsPerfResult holds dnsperf's figures.

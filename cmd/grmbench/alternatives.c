@@ -15,9 +15,11 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+/* The steering program's key and flow entry, so that the two cannot drift. */
+#include "grmwrap.h"
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-#define WAYS 8
 
 /* The socket each select program picks: cookie and index. */
 volatile const __u64 alt_cookie = 0;
@@ -25,24 +27,7 @@ volatile const __u32 alt_index = 0;
 /* Sets of the array table - 1. */
 volatile const __u32 alt_set_mask = 0;
 
-struct alt_key {
-	__u32 group;
-	__u16 remote_port;
-	__u16 local_port;
-	__u8 remote_addr[16];
-	__u8 local_addr[16];
-};
-
 struct alt_value {
-	__u64 seen_ns;
-	__u32 index;
-	__u32 epoch;
-};
-
-struct alt_entry {
-	__u32 seq;
-	__u32 timeout_sec;
-	struct alt_key key;
 	__u64 seen_ns;
 	__u32 index;
 	__u32 epoch;
@@ -65,7 +50,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, struct alt_key);
+	__type(key, struct grm_flow_key);
 	__type(value, struct alt_value);
 } alt_lru SEC(".maps");
 
@@ -73,7 +58,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 131072);
 	__type(key, __u32);
-	__type(value, struct alt_entry);
+	__type(value, struct grm_flow);
 } alt_sets SEC(".maps");
 
 struct {
@@ -94,7 +79,7 @@ static __always_inline void result(__u64 v)
 }
 
 /* alt_key_of builds the key the steering program builds (IPv4 only). */
-static __always_inline int alt_key_of(struct sk_reuseport_md *md, struct alt_key *k)
+static __always_inline int alt_key_of(struct sk_reuseport_md *md, struct grm_flow_key *k)
 {
 	void *data = md->data, *end = md->data_end;
 	__be16 *ports = data;
@@ -137,7 +122,7 @@ int alt_select_sockarray(struct sk_reuseport_md *md)
 SEC("sk_reuseport")
 int alt_flow_lru(struct sk_reuseport_md *md)
 {
-	struct alt_key k = {};
+	struct grm_flow_key k = {};
 	struct alt_value *v;
 
 	if (alt_key_of(md, &k))
@@ -153,7 +138,7 @@ int alt_flow_lru(struct sk_reuseport_md *md)
 	return SK_PASS;
 }
 
-static __always_inline int alt_key_eq(const struct alt_entry *e, const struct alt_key *k)
+static __always_inline int alt_key_eq(const struct grm_flow *e, const struct grm_flow_key *k)
 {
 	const __u64 *a = (const __u64 *)&e->key, *b = (const __u64 *)k;
 
@@ -163,17 +148,17 @@ static __always_inline int alt_key_eq(const struct alt_entry *e, const struct al
 SEC("sk_reuseport")
 int alt_flow_sets(struct sk_reuseport_md *md)
 {
-	struct alt_key k __attribute__((aligned(8))) = {};
-	struct alt_entry *unused = 0;
+	struct grm_flow_key k __attribute__((aligned(8))) = {};
+	struct grm_flow *unused = 0;
 	__u32 set;
 
 	if (alt_key_of(md, &k))
 		return SK_PASS;
 	set = md->hash & alt_set_mask;
 #pragma unroll
-	for (__u32 w = 0; w < WAYS; w++) {
-		__u32 i = set * WAYS + w;
-		struct alt_entry *e = bpf_map_lookup_elem(&alt_sets, &i);
+	for (__u32 w = 0; w < GRM_FLOW_WAYS; w++) {
+		__u32 i = set * GRM_FLOW_WAYS + w;
+		struct grm_flow *e = bpf_map_lookup_elem(&alt_sets, &i);
 		__u32 s1, index;
 
 		if (!e)

@@ -13,30 +13,30 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type alternativesAltEntry struct {
+type alternativesAltValue struct {
+	_      structs.HostLayout
+	SeenNs uint64
+	Index  uint32
+	Epoch  uint32
+}
+
+type alternativesGrmFlow struct {
 	_          structs.HostLayout
 	Seq        uint32
 	TimeoutSec uint32
-	Key        alternativesAltKey
+	Key        alternativesGrmFlowKey
 	SeenNs     uint64
 	Index      uint32
 	Epoch      uint32
 }
 
-type alternativesAltKey struct {
+type alternativesGrmFlowKey struct {
 	_          structs.HostLayout
 	Group      uint32
 	RemotePort uint16
 	LocalPort  uint16
 	RemoteAddr [16]uint8
 	LocalAddr  [16]uint8
-}
-
-type alternativesAltValue struct {
-	_      structs.HostLayout
-	SeenNs uint64
-	Index  uint32
-	Epoch  uint32
 }
 
 // Names of all BPF objects in the ELF.

@@ -119,15 +119,11 @@ func (b *bindResult) medianOf(mode int, fig func(bindRun) float64) float64 {
 // managed, and under grmwrap with it continued, in rotated rounds.
 func runBind(cfg bindConfig, logf func(string, ...any)) (bindResult, error) {
 	var res bindResult
-	dir, err := os.MkdirTemp("", "grmbench-bind-")
+	dir, loop, err := buildInTemp("bind", cfg.src, "bindloop")
 	if err != nil {
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	loop, err := buildC(cfg.src, dir, "bindloop")
-	if err != nil {
-		return res, err
-	}
 	const managedPort, otherPort = 7530, 7531
 	n := strconv.Itoa(cfg.binds)
 	rt := filepath.Join(dir, "run")

@@ -67,15 +67,11 @@ func (h *hotpathResult) aggregate(m int) float64 {
 // under grmwrap with the program attached (C), in rotated triples.
 func runHotpath(cfg hotpathConfig, logf func(string, ...any)) (hotpathResult, error) {
 	var res hotpathResult
-	dir, err := os.MkdirTemp("", "grmbench-hotpath-")
+	dir, echo, err := buildInTemp("hotpath", cfg.src, "echo-c")
 	if err != nil {
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	echo, err := buildC(cfg.src, dir, "echo-c")
-	if err != nil {
-		return res, err
-	}
 	const plainPort, wrappedPort = 7501, 7502
 
 	// A: the server alone, as it runs without grmwrap (no --reuseport).

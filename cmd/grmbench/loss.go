@@ -86,15 +86,11 @@ type lossResult struct {
 // below).
 func runLoss(cfg lossConfig, logf func(string, ...any)) (lossResult, error) {
 	var res lossResult
-	dir, err := os.MkdirTemp("", "grmbench-loss-")
+	dir, echo, err := buildInTemp("loss", cfg.src, "echo-c")
 	if err != nil {
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	echo, err := buildC(cfg.src, dir, "echo-c")
-	if err != nil {
-		return res, err
-	}
 	const port = 7510
 	drain := cfg.drain.String()
 	sup, err := startSupervisor(cfg.grmwrap, dir, []string{"--name", "grmbench-loss", "--log-level", "warn",

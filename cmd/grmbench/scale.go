@@ -104,15 +104,11 @@ func judgeFlow(answers []string, split int) flowVerdict {
 // so that every flow is judged on an answer.
 func runScale(cfg scaleConfig, logf func(string, ...any)) (scaleResult, error) {
 	var res scaleResult
-	dir, err := os.MkdirTemp("", "grmbench-scale-")
+	dir, echo, err := buildInTemp("scale", cfg.src, "echo-c")
 	if err != nil {
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	echo, err := buildC(cfg.src, dir, "echo-c")
-	if err != nil {
-		return res, err
-	}
 	const port = 7520
 	sup, err := startSupervisor(cfg.grmwrap, dir, []string{"--name", "grmbench-scale", "--log-level", "warn",
 		"--max-flows", strconv.Itoa(cfg.maxFlows), "--flow-timeout", "10m", "--drain-timeout", "10m",

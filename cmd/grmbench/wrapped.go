@@ -26,6 +26,19 @@ func buildC(src, dir, name string) (string, error) {
 	return bin, nil
 }
 
+// buildInTemp compiles the C program src as name in a new temporary
+// directory for section; the caller removes dir.
+func buildInTemp(section, src, name string) (dir, bin string, err error) {
+	if dir, err = os.MkdirTemp("", "grmbench-"+section+"-"); err != nil {
+		return "", "", err
+	}
+	if bin, err = buildC(src, dir, name); err != nil {
+		os.RemoveAll(dir)
+		return "", "", err
+	}
+	return dir, bin, nil
+}
+
 // readyPort reads the echo server's ready line ("ready pid=... port=N")
 // and returns the port.
 func readyPort(r io.Reader) (uint16, error) {

@@ -198,7 +198,7 @@ type Server struct {
 	// newline; it is closed when stdout reaches end of file.
 	Lines <-chan string
 
-	stderr  *syncBuffer
+	stderr  *SyncBuffer
 	stop    chan struct{} // closed by cleanup: the line reader gives up
 	done    chan struct{} // closed when Cmd.Wait has returned
 	waitErr error
@@ -220,7 +220,7 @@ func Start(t testing.TB, cmd *exec.Cmd) *Server {
 	s := &Server{
 		Cmd:    cmd,
 		Lines:  lines,
-		stderr: &syncBuffer{},
+		stderr: &SyncBuffer{},
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
 	}
@@ -387,18 +387,20 @@ func Echo(t testing.TB, addr, payload string, timeout time.Duration) string {
 	return string(buf[:n])
 }
 
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer that a process writes while a test may
+// read it.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+func (b *SyncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
