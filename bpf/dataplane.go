@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -68,8 +69,10 @@ type Options struct {
 // has its group id as a constant, so a packet needs no lookup to find its
 // group).
 type DataPlane struct {
-	objs reuseportMaps
-	spec *ebpf.CollectionSpec
+	objs    reuseportMaps
+	spec    *ebpf.CollectionSpec
+	groups  groupTable    // the groups array, mapped; written under mu
+	refresh time.Duration // Options.Refresh
 
 	mu    sync.Mutex
 	progs map[uint32]*ebpf.Program // by group id
@@ -94,7 +97,6 @@ type slotKey struct{ gid, gen, slot uint32 }
 type groupBanks struct {
 	gen  [banks]uint32
 	live int
-	val  reuseportGrmGroup // the group's element as last written
 }
 
 // Load loads the program and creates (or reopens) its maps.
@@ -104,6 +106,9 @@ func Load(opts Options) (*DataPlane, error) {
 	}
 	if opts.Refresh == 0 {
 		opts.Refresh = time.Second
+	}
+	if runtime.GOARCH != "amd64" {
+		return nil, fmt.Errorf("the steering program's flow table needs x86-64 memory ordering, not %s", runtime.GOARCH)
 	}
 	spec, err := loadReuseport()
 	if err != nil {
@@ -137,6 +142,7 @@ func Load(opts Options) (*DataPlane, error) {
 	}
 	d := &DataPlane{
 		spec:    spec,
+		refresh: opts.Refresh,
 		progs:   make(map[uint32]*ebpf.Program),
 		socks:   make(map[uint64]sockRef),
 		used:    make([]bool, maxSockets),
@@ -149,13 +155,19 @@ func Load(opts Options) (*DataPlane, error) {
 		}
 		return nil, fmt.Errorf("create steering maps: %w", err)
 	}
+	if d.groups, err = mapGroups(d.objs.Groups); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
 	if err := d.restore(); err != nil {
+		d.groups.close()
 		d.objs.Close()
 		return nil, fmt.Errorf("reopen steering maps: %w", err)
 	}
 	// Load one copy now: a program the verifier refuses fails here, at
 	// start, not at the first bind.
 	if _, err := d.Program(1); err != nil {
+		d.groups.close()
 		d.objs.Close()
 		return nil, err
 	}
@@ -172,6 +184,7 @@ func (d *DataPlane) Close() error {
 		errs = append(errs, p.Close())
 		delete(d.progs, gid)
 	}
+	d.groups.close()
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }
@@ -199,7 +212,6 @@ func (d *DataPlane) Program(gid uint32) (*ebpf.Program, error) {
 		"epochs":        d.objs.Epochs,
 		"sock_seen":     d.objs.SockSeen,
 		"socket_groups": d.objs.SocketGroups,
-		"slots":         d.objs.Slots,
 		"groups":        d.objs.Groups,
 		"flows":         d.objs.Flows,
 		"counters":      d.objs.Counters,

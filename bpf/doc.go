@@ -15,12 +15,14 @@
 //     when it is freed: flows and slots name a socket by (index, epoch);
 //   - socket_groups: cookie -> (group, index), user space's record of live
 //     sockets (a restarted supervisor reads it; not used per packet);
-//   - slots: two banks of MaxSlots slots per group. The published group
-//     state names the bank that holds the working generation; the other is
-//     filled ahead of a flip;
-//   - groups: per-group state (working generation, its bank and socket
-//     count in one 8-byte word; dissector; flow timeout; which generation
-//     each bank holds);
+//   - groups: one element per group, memory-mapped and written in place
+//     with single atomic stores: the state (working generation, its bank
+//     and socket count in one 8-byte word), dissector, flow timeout, two
+//     banks of MaxSlots slots, and which generation each bank holds. The
+//     published state names the bank that holds the working generation;
+//     the other is filled ahead of a flip. Slot i of both banks sit side
+//     by side, so that a group's first cache line holds everything a noop
+//     packet reads when the working generation has up to three sockets;
 //   - flows: the flow table, an array of sets of 8 entries of one cache
 //     line each, keyed by group and exact 4-tuple (IPv4 v4-mapped). A flow
 //     lives in one of two sets picked by the kernel's reuseport hash (no
@@ -29,8 +31,10 @@
 //     evicted (counted). The table has twice as many entries as
 //     Options.MaxFlows, rounded up to a power of two, and is memory-mapped
 //     for user space to read in place;
-//   - sock_seen: per socket index, the latest last-seen time of its flows
-//     (written with the flow), so that a drain need not walk the table;
+//   - sock_seen: per socket index, about the latest last-seen time of its
+//     flows (written with them, but only when it lags by half a refresh
+//     interval: every CPU serving the socket writes it), so that a drain
+//     need not walk the table;
 //   - counters: per-CPU counters per group.
 //
 // Invariants:
@@ -42,8 +46,11 @@
 //     entries of a flow's two sets, at most two slot probes, and a flow's
 //     last-seen time is written at most once per refresh interval.
 //   - A flow entry is written under its sequence number (odd while written,
-//     claimed by compare-and-swap); readers skip entries being written and
-//     re-check the number after reading, so a reader never mixes two flows.
+//     claimed by compare-and-swap, ended by a plain store); readers skip
+//     entries being written and re-check the number after reading, so a
+//     reader never mixes two flows. Without acquire and release
+//     instructions (clang-14) this relies on x86-64 keeping loads and
+//     stores in program order, so Load refuses other architectures.
 //     Entries are only written by the program, or by user space for idle
 //     flows (tests, benchmarks).
 //   - A flow whose socket is gone (its index's epoch moved on), or whose

@@ -25,24 +25,29 @@ enum grm_dissector {
 	GRM_DISSECTOR_NOOP = 1, /* no flows: every packet to the working generation */
 };
 
-/* Per-group state, one element of the groups array, written by user space.
- * state packs (working generation << 32 | bank << 16 | socket count) so
- * that one 8-byte load reads all three: the bank holds the working
- * generation's slots, and its first count slots are filled. */
+/* A slot names a socket by its index in the sockets array and the epoch
+ * of that index; epoch 0 is an empty slot. */
+struct grm_slot {
+	__u32 index;
+	__u32 epoch;
+};
+
+/* A group: one element of the groups array, written by user space in
+ * place (the array is mmapable) with single aligned stores. state packs
+ * (working generation << 32 | bank << 16 | socket count) so that one
+ * 8-byte load reads all three: the bank holds the working generation's
+ * slots, and its first count slots are filled. Slot i of bank b is
+ * slots[i][b], so that the state, the dissector, the flow timeout and the
+ * first three slots of both banks share the element's first cache line:
+ * the elements of an mmapable array start page-aligned and this struct is
+ * a multiple of 64 bytes long. */
 struct grm_group {
 	__u64 state;
 	__u32 dissector;
 	__u32 flow_timeout_sec;      /* a flow idle this long is over */
+	struct grm_slot slots[GRM_MAX_SLOTS][GRM_BANKS];
 	__u32 bank_gen[GRM_BANKS];   /* generation in each bank (0: none), for user space */
-};
-
-/* A slot: one element of the slots array, at
- * ((group * GRM_BANKS + bank) * GRM_MAX_SLOTS + slot). It names a socket by
- * its index in the sockets array and the epoch of that index; epoch 0 is
- * an empty slot. */
-struct grm_slot {
-	__u32 index;
-	__u32 epoch;
+	__u32 pad[10];
 };
 
 /* User space's record of a live socket (the socket_groups map, by cookie),
@@ -83,22 +88,23 @@ struct grm_flow {
 /* Per-CPU counters of one group: every branch of the program counts. The
  * names follow udpgrm's where the meaning is the same. */
 struct grm_counters {
+	/* The counters of the common paths come first, in one cache line. */
 	__u64 rx_processed_total;        /* every datagram the program ran for */
-	__u64 rx_internal_state_error;   /* no group state for the receiving socket */
-	__u64 rx_packet_too_short_error; /* headers could not be read */
-	__u64 rx_dissected_ok_total;     /* flow key built */
 	__u64 rx_flow_ok;                /* existing flow sent to its socket */
-	__u64 rx_flow_socket_gone;       /* existing flow whose socket is gone: new-flow path */
-	__u64 rx_flow_wrong_group;       /* existing flow whose socket is in another group */
-	__u64 rx_flow_new_unseen;        /* no flow entry */
-	__u64 rx_flow_new_had_expired;   /* flow entry older than the flow timeout */
+	__u64 rx_dissected_ok_total;     /* flow key built */
 	__u64 rx_new_flow_total;         /* packets taking the new-flow path */
 	__u64 rx_new_flow_working_gen_dispatch_ok;
+	__u64 rx_noop_total;             /* packets of noop groups */
+	__u64 rx_flow_new_unseen;        /* no flow entry */
+	__u64 rx_flow_new_had_expired;   /* flow entry older than the flow timeout */
+	__u64 rx_internal_state_error;   /* no group state for the receiving socket */
+	__u64 rx_packet_too_short_error; /* headers could not be read */
+	__u64 rx_flow_socket_gone;       /* existing flow whose socket is gone: new-flow path */
+	__u64 rx_flow_wrong_group;       /* existing flow whose socket is in another group */
 	__u64 rx_new_flow_working_gen_dispatch_error; /* slot empty or socket gone */
 	__u64 rx_no_working_socket;      /* the working generation has no socket */
 	__u64 rx_flow_create_error;      /* flow entry not written: its candidates were being written */
 	__u64 rx_flow_evicted;           /* a live flow's entry taken: both its sets were full */
-	__u64 rx_noop_total;             /* packets of noop groups */
 	__u64 rx_fallback_kernel;        /* nothing selected: the kernel's hash decides */
 };
 

@@ -79,7 +79,7 @@ func TestPinnedStateSurvivesReload(t *testing.T) {
 	first := e.roundtrip(old, 2)
 	wantAllIn(t, "before the reload", first, gen1, true)
 
-	for _, name := range []string{"sockets", "epochs", "socket_groups", "slots", "groups", "flows", "counters"} {
+	for _, name := range []string{"sockets", "epochs", "sock_seen", "socket_groups", "groups", "flows", "counters"} {
 		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
 			t.Errorf("map %s not pinned: %v", name, err)
 		}
@@ -106,8 +106,9 @@ func TestPinnedStateSurvivesReload(t *testing.T) {
 	if err := d2.objs.Groups.Lookup(uint32(gid), &g); err != nil {
 		t.Fatal(err)
 	}
-	if want := (reuseportGrmGroup{State: 1<<32 | n, Dissector: uint32(flowDis), FlowTimeoutSec: 3600, BankGen: [banks]uint32{1, 2}}); g != want {
-		t.Errorf("group %d after reload = %+v, want %+v", gid, g, want)
+	if g.State != 1<<32|n || g.Dissector != uint32(flowDis) || g.FlowTimeoutSec != 3600 || g.BankGen != [banks]uint32{1, 2} {
+		t.Errorf("group %d after reload: state %#x, dissector %d, timeout %d, banks %v; want %#x, %d, 3600, [1 2]",
+			gid, g.State, g.Dissector, g.FlowTimeoutSec, g.BankGen, uint64(1<<32|n), flowDis)
 	}
 	after, err := d2.Counters(gid)
 	if err != nil {
@@ -215,6 +216,6 @@ func TestPinnedIncompatibleMaxFlows(t *testing.T) {
 		t.Fatal(err)
 	}
 	if g.State>>32 != 1 || g.State&0xffff != 1 {
-		t.Errorf("group 1 after the refusal: %+v", g)
+		t.Errorf("group 1 after the refusal: state %#x", g.State)
 	}
 }

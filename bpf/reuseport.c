@@ -29,6 +29,7 @@ volatile const __u32 flow_set_mask = 0;
 volatile const __u32 flow_set_shift = 32;
 
 #define READ_ONCE32(x) (*(volatile __u32 *)&(x))
+#define WRITE_ONCE32(x, v) (*(volatile __u32 *)&(x) = (v))
 
 /* The managed sockets, by index (handed out by user space). A socket's
  * index is stable while it lives, so flows can name it; the kernel empties
@@ -74,18 +75,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } socket_groups SEC(".maps");
 
-/* The slots of every group's two banks. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, GRM_MAX_GROUPS * GRM_BANKS * GRM_MAX_SLOTS);
-	__type(key, __u32);
-	__type(value, struct grm_slot);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} slots SEC(".maps");
-
+/* The groups, by id: state, dissector, flow timeout and both banks of
+ * slots (grmwrap.h). Mmapable so that elements start page-aligned and user
+ * space writes fields in place. */
+_Static_assert(sizeof(struct grm_group) % 64 == 0, "a group must be whole cache lines");
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, GRM_MAX_GROUPS);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct grm_group);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -150,35 +147,32 @@ static __always_inline int flow_key(struct sk_reuseport_md *md, struct grm_flow_
 	return -1;
 }
 
-/* try_slot selects the socket in slot i of a bank (base is the bank's
- * first element). */
-static __always_inline int try_slot(struct sk_reuseport_md *md, __u32 base, __u32 i, struct grm_slot *out)
+/* try_slot selects the socket in slot i of bank b of group g. */
+static __always_inline int try_slot(struct sk_reuseport_md *md, const struct grm_group *g, __u32 b,
+				    __u32 i, struct grm_slot *out)
 {
-	__u32 k = base + (i & (GRM_MAX_SLOTS - 1));
-	struct grm_slot *s = bpf_map_lookup_elem(&slots, &k);
-
-	if (!s || !s->epoch)
+	*out = g->slots[i & (GRM_MAX_SLOTS - 1)][b & 1];
+	if (!out->epoch)
 		return -1;
-	*out = *s;
 	return bpf_sk_select_reuseport(md, &sockets, &out->index, 0) ? -1 : 0;
 }
 
-/* select_working picks slot (md->hash * count) >> 32 of the working bank
- * (the hash scaled to 0..count-1 without a division), and the next slot
- * once if that one is empty or its socket closed (user space repacks). On
- * success *out is the chosen slot. A global function (checked once). */
-__attribute__((noinline)) int select_working(struct sk_reuseport_md *md, __u32 base, __u32 count,
-					     struct grm_slot *out)
+/* select_working picks slot (md->hash * count) >> 32 of bank b (the hash
+ * scaled to 0..count-1 without a division), and the next slot once if
+ * that one is empty or its socket closed (user space repacks). On success
+ * *out is the chosen slot. A global function (checked once). */
+__attribute__((noinline)) int select_working(struct sk_reuseport_md *md, const struct grm_group *g,
+					     __u32 b, __u32 count, struct grm_slot *out)
 {
-	if (!out || count == 0)
+	if (!g || !out || count == 0)
 		return -1;
 	__u32 i = ((__u64)md->hash * count) >> 32;
 
-	if (try_slot(md, base, i, out) == 0)
+	if (try_slot(md, g, b, i, out) == 0)
 		return 0;
 	if (count < 2)
 		return -1;
-	return try_slot(md, base, i + 1 < count ? i + 1 : 0, out);
+	return try_slot(md, g, b, i + 1 < count ? i + 1 : 0, out);
 }
 
 /* No way of a set, and no entry of the table. */
@@ -297,12 +291,15 @@ __attribute__((noinline)) __u32 flow_target(const struct set_scan *sa, const str
 	return NO_ENTRY;
 }
 
-/* mark_seen records that socket index idx served a flow at now. */
+/* mark_seen records that socket index idx served a flow at now. The
+ * element is shared by every CPU that serves the socket, so it is written
+ * only when it lags now by half a refresh interval or more: it trails its
+ * flows' last-seen times by less than that (user space allows for it). */
 static __always_inline void mark_seen(__u32 idx, __u64 now)
 {
 	__u64 *t = bpf_map_lookup_elem(&sock_seen, &idx);
 
-	if (t && *t < now)
+	if (t && now - *t >= refresh_ns / 2 && *t < now)
 		*t = now;
 }
 
@@ -322,7 +319,11 @@ static __always_inline int flow_write(struct grm_flow *e, const struct grm_flow_
 	e->seen_ns = now;
 	e->index = sel->index;
 	e->epoch = sel->epoch;
-	__sync_fetch_and_add(&e->seq, 1);
+	/* Only the claimer writes seq while it is odd: a plain store ends the
+	 * write (stores are not reordered with earlier stores on x86, and
+	 * barrier() keeps the compiler from doing so). */
+	barrier();
+	WRITE_ONCE32(e->seq, s + 2);
 	return 0;
 }
 
@@ -331,13 +332,13 @@ int grm_reuseport(struct sk_reuseport_md *md)
 {
 	struct grm_counters *cnt;
 	struct grm_group *g;
-	struct set_scan sa __attribute__((aligned(8))) = {};
-	struct set_scan sb __attribute__((aligned(8))) = {};
-	struct flow_snap snap = {};
+	struct set_scan sa __attribute__((aligned(8)));
+	struct set_scan sb __attribute__((aligned(8)));
+	struct flow_snap snap;
 	__u32 hit = NO_ENTRY;
 	struct grm_slot sel;
 	__u64 now = 0, st;
-	__u32 gid = group_id, gen, count, base, set_b;
+	__u32 gid = group_id, gen, count, bank, set_b;
 
 	cnt = bpf_map_lookup_elem(&counters, &gid);
 	g = bpf_map_lookup_elem(&groups, &gid);
@@ -347,7 +348,7 @@ int grm_reuseport(struct sk_reuseport_md *md)
 	st = *(volatile __u64 *)&g->state;
 	gen = st >> 32;
 	count = st & 0xffff;
-	base = (gid * GRM_BANKS + ((st >> 16) & 1)) * GRM_MAX_SLOTS;
+	bank = (st >> 16) & 1;
 	if (gen == 0) {
 		/* Group state never written: nothing to steer by. */
 		cnt->rx_internal_state_error++;
@@ -425,7 +426,7 @@ new_flow:
 	}
 	if (count > GRM_MAX_SLOTS)
 		count = GRM_MAX_SLOTS; /* user space never writes more */
-	if (select_working(md, base, count, &sel)) {
+	if (select_working(md, g, bank, count, &sel)) {
 		cnt->rx_new_flow_working_gen_dispatch_error++;
 		goto fallback;
 	}

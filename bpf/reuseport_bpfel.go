@@ -16,21 +16,21 @@ import (
 type reuseportGrmCounters struct {
 	_                                structs.HostLayout
 	RxProcessedTotal                 uint64
-	RxInternalStateError             uint64
-	RxPacketTooShortError            uint64
-	RxDissectedOkTotal               uint64
 	RxFlowOk                         uint64
-	RxFlowSocketGone                 uint64
-	RxFlowWrongGroup                 uint64
-	RxFlowNewUnseen                  uint64
-	RxFlowNewHadExpired              uint64
+	RxDissectedOkTotal               uint64
 	RxNewFlowTotal                   uint64
 	RxNewFlowWorkingGenDispatchOk    uint64
+	RxNoopTotal                      uint64
+	RxFlowNewUnseen                  uint64
+	RxFlowNewHadExpired              uint64
+	RxInternalStateError             uint64
+	RxPacketTooShortError            uint64
+	RxFlowSocketGone                 uint64
+	RxFlowWrongGroup                 uint64
 	RxNewFlowWorkingGenDispatchError uint64
 	RxNoWorkingSocket                uint64
 	RxFlowCreateError                uint64
 	RxFlowEvicted                    uint64
-	RxNoopTotal                      uint64
 	RxFallbackKernel                 uint64
 }
 
@@ -65,7 +65,9 @@ type reuseportGrmGroup struct {
 	State          uint64
 	Dissector      uint32
 	FlowTimeoutSec uint32
+	Slots          [256][2]reuseportGrmSlot
 	BankGen        [2]uint32
+	Pad            [10]uint32
 }
 
 type reuseportGrmSlot struct {
@@ -88,7 +90,6 @@ const (
 	reuseportMapEpochs             = "epochs"
 	reuseportMapFlows              = "flows"
 	reuseportMapGroups             = "groups"
-	reuseportMapSlots              = "slots"
 	reuseportMapSockSeen           = "sock_seen"
 	reuseportMapSocketGroups       = "socket_groups"
 	reuseportMapSockets            = "sockets"
@@ -153,7 +154,6 @@ type reuseportMapSpecs struct {
 	Epochs       *ebpf.MapSpec `ebpf:"epochs"`
 	Flows        *ebpf.MapSpec `ebpf:"flows"`
 	Groups       *ebpf.MapSpec `ebpf:"groups"`
-	Slots        *ebpf.MapSpec `ebpf:"slots"`
 	SockSeen     *ebpf.MapSpec `ebpf:"sock_seen"`
 	SocketGroups *ebpf.MapSpec `ebpf:"socket_groups"`
 	Sockets      *ebpf.MapSpec `ebpf:"sockets"`
@@ -194,7 +194,6 @@ type reuseportMaps struct {
 	Epochs       *ebpf.Map `ebpf:"epochs"`
 	Flows        *ebpf.Map `ebpf:"flows"`
 	Groups       *ebpf.Map `ebpf:"groups"`
-	Slots        *ebpf.Map `ebpf:"slots"`
 	SockSeen     *ebpf.Map `ebpf:"sock_seen"`
 	SocketGroups *ebpf.Map `ebpf:"socket_groups"`
 	Sockets      *ebpf.Map `ebpf:"sockets"`
@@ -206,7 +205,6 @@ func (m *reuseportMaps) Close() error {
 		m.Epochs,
 		m.Flows,
 		m.Groups,
-		m.Slots,
 		m.SockSeen,
 		m.SocketGroups,
 		m.Sockets,

@@ -33,16 +33,8 @@ func (d *DataPlane) SetGroup(gid uint32, st generations.GroupState) error {
 			return err
 		}
 	}
-	v := reuseportGrmGroup{
-		State:          uint64(st.WorkingGen)<<32 | uint64(bank)<<16 | uint64(st.Count),
-		Dissector:      uint32(st.Dissector),
-		FlowTimeoutSec: uint32(st.FlowTimeout.Round(time.Second) / time.Second),
-		BankGen:        gb.gen,
-	}
-	if err := d.objs.Groups.Update(gid, v, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("update group %d: %w", gid, err)
-	}
-	gb.val = v
+	d.groups.setConfig(gid, uint32(st.Dissector), uint32(st.FlowTimeout.Round(time.Second)/time.Second))
+	d.groups.setState(gid, uint64(st.WorkingGen)<<32|uint64(bank)<<16|uint64(st.Count))
 	gb.live = -1
 	if st.WorkingGen != 0 {
 		gb.live = bank
@@ -50,24 +42,11 @@ func (d *DataPlane) SetGroup(gid uint32, st generations.GroupState) error {
 	return nil
 }
 
-// recordBanksLocked writes which generation each bank holds into the
-// group's element, keeping the published state, for a restarted
-// supervisor.
-func (d *DataPlane) recordBanksLocked(gid uint32, gb *groupBanks) error {
-	v := gb.val
-	v.BankGen = gb.gen
-	if err := d.objs.Groups.Update(gid, v, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("update group %d: %w", gid, err)
-	}
-	gb.val = v
-	return nil
-}
-
 // ClearGroup resets group gid's state and counters (the group is no longer
 // used).
 func (d *DataPlane) ClearGroup(gid uint32) error {
-	if err := d.objs.Groups.Update(gid, reuseportGrmGroup{}, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("clear group %d: %w", gid, err)
+	if gid == 0 || gid >= MaxGroups {
+		return fmt.Errorf("group id %d out of range 1..%d", gid, MaxGroups-1)
 	}
 	zero := make([]reuseportGrmCounters, ebpf.MustPossibleCPU())
 	if err := d.objs.Counters.Update(gid, zero, ebpf.UpdateAny); err != nil {
@@ -75,6 +54,7 @@ func (d *DataPlane) ClearGroup(gid uint32) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.groups.clear(gid)
 	d.bankSet[gid] = &groupBanks{live: -1}
 	for k := range d.slotOf {
 		if k.gid == gid {
@@ -133,28 +113,22 @@ func (d *DataPlane) bankForLocked(gid uint32, gb *groupBanks, gen uint32, workin
 			}
 		}
 	}
-	if err := d.recordBanksLocked(gid, gb); err != nil {
-		gb.gen[bank] = 0
-		return -1, err
-	}
+	d.groups.setBankGens(gid, gb.gen)
 	return bank, nil
 }
 
 // writeSlotLocked writes the socket with cookie (0: none) into slot of a
 // bank of group gid.
 func (d *DataPlane) writeSlotLocked(gid uint32, bank int, slot uint32, cookie uint64) error {
-	var v reuseportGrmSlot
+	var index, epoch uint32
 	if cookie != 0 {
 		ref, ok := d.socks[cookie]
 		if !ok {
 			return fmt.Errorf("slot %d of group %d: socket %d is not in the data plane", slot, gid, cookie)
 		}
-		v = reuseportGrmSlot{Index: ref.index, Epoch: ref.epoch}
+		index, epoch = ref.index, ref.epoch
 	}
-	k := (gid*banks+uint32(bank))*MaxSlots + slot
-	if err := d.objs.Slots.Update(k, v, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("write slot %d of group %d: %w", slot, gid, err)
-	}
+	d.groups.setSlot(gid, bank, slot, index, epoch)
 	return nil
 }
 
@@ -405,13 +379,10 @@ func (d *DataPlane) restore() error {
 		return fmt.Errorf("iterate socket groups: %w", err)
 	}
 	for gid := range groups {
-		var v reuseportGrmGroup
-		if err := d.objs.Groups.Lookup(gid, &v); err != nil {
-			return fmt.Errorf("read group %d: %w", gid, err)
-		}
-		gb := &groupBanks{gen: v.BankGen, live: -1, val: v}
-		if v.State>>32 != 0 {
-			gb.live = int(v.State>>16) & 1
+		st := d.groups.state(gid)
+		gb := &groupBanks{gen: d.groups.bankGens(gid), live: -1}
+		if st>>32 != 0 {
+			gb.live = int(st>>16) & 1
 		}
 		d.bankSet[gid] = gb
 		for b, gen := range gb.gen {
@@ -420,9 +391,7 @@ func (d *DataPlane) restore() error {
 			}
 			for slot := range uint32(MaxSlots) {
 				var sv reuseportGrmSlot
-				if err := d.objs.Slots.Lookup((gid*banks+uint32(b))*MaxSlots+slot, &sv); err != nil {
-					return fmt.Errorf("read slot %d of group %d: %w", slot, gid, err)
-				}
+				sv.Index, sv.Epoch = d.groups.slot(gid, b, slot)
 				if c, ok := byIndex[sv.Index]; ok && sv.Epoch != 0 && d.socks[c].epoch == sv.Epoch {
 					d.slotOf[slotKey{gid, gen, slot}] = c
 					r := d.socks[c]
@@ -438,12 +407,14 @@ func (d *DataPlane) restore() error {
 // Active reports whether any of the sockets with the given cookies served
 // a flow seen within timeout: the latest last-seen time of a socket's
 // flows is kept per socket, so this reads one element per socket instead
-// of walking the flow table.
+// of walking the flow table. That time may trail the flows' by up to half
+// the refresh interval, which is added to timeout.
 func (d *DataPlane) Active(cookies []uint64, timeout time.Duration) (bool, error) {
 	now, err := coarseNow()
 	if err != nil {
 		return false, err
 	}
+	limit := uint64((timeout + d.refresh/2).Nanoseconds())
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, c := range cookies {
@@ -455,7 +426,7 @@ func (d *DataPlane) Active(cookies []uint64, timeout time.Duration) (bool, error
 		if err := d.objs.SockSeen.Lookup(ref.index, &seen); err != nil {
 			return false, fmt.Errorf("read socket index %d: %w", ref.index, err)
 		}
-		if seen != 0 && now-seen <= uint64(timeout.Nanoseconds()) {
+		if seen != 0 && now-seen <= limit {
 			return true, nil
 		}
 	}

@@ -862,13 +862,13 @@ func TestAddSocketRejects(t *testing.T) {
 		if _, _, ok := e.d.SocketRef(cookie); ok {
 			t.Errorf("%s has a socket index", name)
 		}
-		for k := range uint32(banks * MaxSlots) {
-			var v reuseportGrmSlot
-			if err := e.d.objs.Slots.Lookup(1*banks*MaxSlots+k, &v); err != nil {
-				t.Fatal(err)
-			}
-			if v != (reuseportGrmSlot{}) {
-				t.Errorf("%s: slot element %d of group 1 set to %+v", name, k, v)
+		var g reuseportGrmGroup
+		if err := e.d.objs.Groups.Lookup(uint32(1), &g); err != nil {
+			t.Fatal(err)
+		}
+		for k, s := range g.Slots {
+			if s != [banks]reuseportGrmSlot{} {
+				t.Errorf("%s: slot %d of group 1 set to %+v", name, k, s)
 			}
 		}
 	}

@@ -29,7 +29,12 @@ const (
 	pathNoop        = "noop"
 	pathEmpty       = "empty program (calibration)"
 	pathTouch       = "one random entry of a table this size (calibration)"
+	pathTouchNew    = "one entry of a table this size that no datagram touched before (calibration)"
 )
+
+// touchNewBase is the first synthetic client of the new-entry calibration:
+// beyond every client the other scenarios use.
+const touchNewBase = 10_000_000
 
 // costRow is one measured scenario: ns per packet of every round.
 type costRow struct {
@@ -236,7 +241,8 @@ func costAt(cfg costConfig, live int, tx *rawSender, logf func(string, ...any)) 
 	}
 	defer tp.close()
 
-	freshRound := 0
+	touchNew := costRow{path: pathTouchNew, live: live}
+	freshRound, touchNewRound := 0, 0
 	scen := []scenario{
 		{&touch, func() (float64, uint64, error) {
 			return measure(tp.prog, cfg.packets, func() error { return tx.sendCycle(0, live, cfg.packets, tp.port) })
@@ -254,6 +260,13 @@ func costAt(cfg costConfig, live int, tx *rawSender, logf func(string, ...any)) 
 				return 0, 0, err
 			}
 			return ns, runs, s.ft.expireRange(benchGroup, from, from+cfg.newFlows, s.port)
+		}, cfg.newFlows},
+		// The floor of new flows: the same program and array, sent as
+		// many never-seen clients as the new-flows scenario.
+		{&touchNew, func() (float64, uint64, error) {
+			from := touchNewBase + touchNewRound*cfg.newFlows
+			touchNewRound++
+			return measure(tp.prog, cfg.newFlows, func() error { return tx.sendRange(from, from+cfg.newFlows, tp.port) })
 		}, cfg.newFlows},
 		{&noop, func() (float64, uint64, error) {
 			if err := s.setDissector(generations.DissectorNoop); err != nil {
@@ -309,7 +322,7 @@ func costAt(cfg costConfig, live int, tx *rawSender, logf func(string, ...any)) 
 	if live > cfg.hot {
 		rows = []costRow{existing, hot, fresh, noop}
 	}
-	return append(rows, touch), s.dp.FlowTableSize(), nil
+	return append(rows, touch, touchNew), s.dp.FlowTableSize(), nil
 }
 
 // costEmpty measures an SK_REUSEPORT program that only returns SK_PASS,

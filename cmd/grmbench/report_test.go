@@ -93,8 +93,10 @@ func TestMarkdown(t *testing.T) {
 		},
 		cost: []costRow{
 			{path: pathExisting, live: 1000, ns: []float64{80, 85, 95}, sent: 30, runs: 30, counter: "rx_flow_ok", matched: 30},
+			{path: pathNew, live: 1000, ns: []float64{300, 310, 320}, sent: 15, runs: 15, counter: "rx_flow_new_unseen", matched: 15},
 			{path: pathNoop, live: 1000, ns: []float64{61, 70, 65}, sent: 30, runs: 30, counter: "rx_noop_total", matched: 30},
 			{path: pathTouch, live: 1000, ns: []float64{70, 72, 71}, sent: 30, runs: 30},
+			{path: pathTouchNew, live: 1000, ns: []float64{250, 260, 255}, sent: 15, runs: 15},
 			{path: pathEmpty, ns: []float64{40}, sent: 10, runs: 10},
 		},
 		tableCfg: tableConfig{maxFlows: 1000000, samples: 2000},
@@ -111,6 +113,7 @@ func TestMarkdown(t *testing.T) {
 		"| cores | 2 |",
 		"| flow, existing flows | 1,000 | 85.0 (80.0-95.0) (meets) | <= 90 | 45.0 | 14.0 | ~148 |",
 		"| noop | 1,000 | 65.0 (61.0-70.0) (**above target**) | <= 60 | 25.0 | - | ~105 |",
+		"| flow, new flows | 1,000 | 310.0 (300.0-320.0) (**above target**) | <= 90 | 270.0 | 55.0 | ~155 |",
 		"| one random entry of a table this size (calibration) | 1,000 | 71.0 (70.0-72.0) | - | 31.0 | - | - |",
 		"| empty program (calibration) | - | 40.0 (40.0-40.0) | - | - | - | - |",
 		"| bytes per entry (memlock / max_entries) | 128.0 |",
