@@ -189,3 +189,115 @@ int alt_flow_sets(struct sk_reuseport_md *md)
 	}
 	return SK_PASS;
 }
+
+/* The noop path (group state, one slot, the selection, the counters) with
+ * the group's data in two layouts: the first design's (the group's state
+ * in one array, its slots in an array of their own) and grmwrap's (state
+ * and first slots in one cache line of an mmapable array, grmwrap.h). */
+volatile const __u32 alt_gid = 1;
+
+struct alt_split_group {
+	__u64 state;
+	__u32 dissector;
+	__u32 flow_timeout_sec;
+	__u32 bank_gen[GRM_BANKS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRM_MAX_GROUPS);
+	__type(key, __u32);
+	__type(value, struct alt_split_group);
+} alt_split_groups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRM_MAX_GROUPS * GRM_BANKS * GRM_MAX_SLOTS);
+	__type(key, __u32);
+	__type(value, struct grm_slot);
+} alt_split_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRM_MAX_GROUPS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct grm_group);
+} alt_groups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, GRM_MAX_GROUPS);
+	__type(key, __u32);
+	__type(value, struct grm_counters);
+} alt_counters SEC(".maps");
+
+/* Both layouts' groups select from here (a socket sits in one
+ * reuseport array only, so not from alt_sockarray). */
+struct {
+	__uint(type, BPF_MAP_TYPE_REUSEPORT_SOCKARRAY);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u64);
+} alt_noop_sockets SEC(".maps");
+
+static __always_inline int alt_select(struct sk_reuseport_md *md, struct grm_slot *s)
+{
+	return !s || !s->epoch || bpf_sk_select_reuseport(md, &alt_noop_sockets, &s->index, 0);
+}
+
+/* ALT_NOOP is the noop path of grm_reuseport; G is the group's state
+ * struct, SLOT(i) a pointer to slot i of the working bank. */
+#define ALT_NOOP(G, SLOT)                                              \
+	struct grm_counters *cnt = bpf_map_lookup_elem(&alt_counters, &gid); \
+	__u32 count, bank, i;                                          \
+	__u64 st;                                                      \
+	if (!cnt || !(G))                                              \
+		return SK_PASS;                                        \
+	cnt->rx_processed_total++;                                     \
+	st = *(volatile __u64 *)&(G)->state;                           \
+	count = st & 0xffff;                                           \
+	bank = (st >> 16) & 1;                                         \
+	if ((st >> 32) == 0) {                                         \
+		cnt->rx_internal_state_error++;                        \
+		goto fallback;                                         \
+	}                                                              \
+	if ((G)->dissector == GRM_DISSECTOR_NOOP)                      \
+		cnt->rx_noop_total++;                                  \
+	cnt->rx_new_flow_total++;                                      \
+	if (count == 0 || count > GRM_MAX_SLOTS) {                     \
+		cnt->rx_no_working_socket++;                           \
+		goto fallback;                                         \
+	}                                                              \
+	i = ((__u64)md->hash * count) >> 32;                           \
+	if (alt_select(md, SLOT(i))) {                                 \
+		cnt->rx_new_flow_working_gen_dispatch_error++;         \
+		goto fallback;                                         \
+	}                                                              \
+	cnt->rx_new_flow_working_gen_dispatch_ok++;                    \
+	return SK_PASS;                                                \
+fallback:                                                              \
+	cnt->rx_fallback_kernel++;                                     \
+	return SK_PASS;
+
+SEC("sk_reuseport")
+int alt_noop_split(struct sk_reuseport_md *md)
+{
+	__u32 gid = alt_gid;
+	struct alt_split_group *g = bpf_map_lookup_elem(&alt_split_groups, &gid);
+
+#define SPLIT_SLOT(i) ({ __u32 k = (gid * GRM_BANKS + bank) * GRM_MAX_SLOTS + ((i) & (GRM_MAX_SLOTS - 1)); \
+			 (struct grm_slot *)bpf_map_lookup_elem(&alt_split_slots, &k); })
+	ALT_NOOP(g, SPLIT_SLOT)
+}
+
+SEC("sk_reuseport")
+int alt_noop_line(struct sk_reuseport_md *md)
+{
+	__u32 gid = alt_gid;
+	struct grm_group *g = bpf_map_lookup_elem(&alt_groups, &gid);
+	struct grm_slot s;
+
+#define LINE_SLOT(i) ({ s = g->slots[(i) & (GRM_MAX_SLOTS - 1)][bank & 1]; &s; })
+	ALT_NOOP(g, LINE_SLOT)
+}

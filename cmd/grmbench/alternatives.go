@@ -14,6 +14,8 @@ const (
 	altSelectArray = "select a socket: REUSEPORT_SOCKARRAY by index (grmwrap)"
 	altFlowLRU     = "find a flow: LRU hash, exact 4-tuple key"
 	altFlowSets    = "find a flow: 8-way set of an array at the reuseport hash (grmwrap)"
+	altNoopSplit   = "noop path: group state, then its slot in an array of slots"
+	altNoopLine    = "noop path: group state and first slots in one cache line (grmwrap)"
 )
 
 // altConfig sizes the alternatives section.
@@ -30,7 +32,7 @@ const altSetEntries = 131072
 // each has a group of two sockets of its own, and every round sends the
 // same clients to each group in rotated order.
 func runAlternatives(cfg altConfig, tx *rawSender, logf func(string, ...any)) ([]costRow, error) {
-	groups := make([][]*server, 4)
+	groups := make([][]*server, 6)
 	defer func() {
 		for _, g := range groups {
 			closeServers(g)
@@ -43,7 +45,7 @@ func runAlternatives(cfg altConfig, tx *rawSender, logf func(string, ...any)) ([
 		}
 		groups[i] = g
 	}
-	hashed, arrayed, lru, sets := groups[0], groups[1], groups[2], groups[3]
+	hashed, arrayed, lru, sets, split, line := groups[0], groups[1], groups[2], groups[3], groups[4], groups[5]
 	cookie, err := unix.GetsockoptUint64(hashed[0].fd, unix.SOL_SOCKET, unix.SO_COOKIE)
 	if err != nil {
 		return nil, fmt.Errorf("socket cookie: %w", err)
@@ -81,10 +83,14 @@ func runAlternatives(cfg altConfig, tx *rawSender, logf func(string, ...any)) ([
 			return nil, fmt.Errorf("sockarray socket %d: %w", i, err)
 		}
 	}
+	if err := fillNoopLayouts(&objs, split, line); err != nil {
+		return nil, err
+	}
 	for _, a := range []struct {
 		g  []*server
 		fd int
-	}{{hashed, objs.AltSelectSockhash.FD()}, {arrayed, objs.AltSelectSockarray.FD()}, {lru, objs.AltFlowLru.FD()}, {sets, objs.AltFlowSets.FD()}} {
+	}{{hashed, objs.AltSelectSockhash.FD()}, {arrayed, objs.AltSelectSockarray.FD()}, {lru, objs.AltFlowLru.FD()}, {sets, objs.AltFlowSets.FD()},
+		{split, objs.AltNoopSplit.FD()}, {line, objs.AltNoopLine.FD()}} {
 		if err := attachProgram(a.g[0].fd, a.fd); err != nil {
 			return nil, err
 		}
@@ -113,14 +119,21 @@ func runAlternatives(cfg altConfig, tx *rawSender, logf func(string, ...any)) ([
 		flowLRU, flowSets := mk(altFlowLRU), mk(altFlowSets)
 		add(flowLRU, lru, func(send func() error) (float64, uint64, error) { return measure(objs.AltFlowLru, cfg.packets, send) })
 		add(flowSets, sets, func(send func() error) (float64, uint64, error) { return measure(objs.AltFlowSets, cfg.packets, send) })
-		var selHash, selArray *costRow
+		var selHash, selArray, noopSplit, noopLine *costRow
 		if live == cfg.lives[0] {
 			selHash, selArray = mk(altSelectHash), mk(altSelectArray)
+			noopSplit, noopLine = mk(altNoopSplit), mk(altNoopLine)
 			add(selHash, hashed, func(send func() error) (float64, uint64, error) {
 				return measure(objs.AltSelectSockhash, cfg.packets, send)
 			})
 			add(selArray, arrayed, func(send func() error) (float64, uint64, error) {
 				return measure(objs.AltSelectSockarray, cfg.packets, send)
+			})
+			add(noopSplit, split, func(send func() error) (float64, uint64, error) {
+				return measure(objs.AltNoopSplit, cfg.packets, send)
+			})
+			add(noopLine, line, func(send func() error) (float64, uint64, error) {
+				return measure(objs.AltNoopLine, cfg.packets, send)
 			})
 		}
 		for r := range cfg.rounds {
@@ -136,12 +149,43 @@ func runAlternatives(cfg altConfig, tx *rawSender, logf func(string, ...any)) ([
 			}
 		}
 		if selHash != nil {
-			rows = append(rows, *selHash, *selArray)
+			rows = append(rows, *selHash, *selArray, *noopSplit, *noopLine)
 		}
 		rows = append(rows, *flowLRU, *flowSets)
 		logf("  %d live flows: LRU %.1f ns, sets %.1f ns", live, median(flowLRU.ns), median(flowSets.ns))
 	}
 	return rows, nil
+}
+
+// fillNoopLayouts gives group 1 of both noop layouts a working generation
+// of two sockets: split's sockets at indices 0 and 1 of alt_noop_sockets,
+// line's at 2 and 3.
+func fillNoopLayouts(objs *alternativesObjects, split, line []*server) error {
+	const gid = 1
+	state := uint64(1)<<32 | uint64(len(split))
+	if err := objs.AltSplitGroups.Update(uint32(gid), alternativesAltSplitGroup{State: state, Dissector: 1}, 0); err != nil {
+		return fmt.Errorf("split group: %w", err)
+	}
+	g := alternativesGrmGroup{State: uint64(1)<<32 | uint64(len(line)), Dissector: 1}
+	for i, s := range split {
+		if err := objs.AltNoopSockets.Update(uint32(i), uint64(s.fd), 0); err != nil {
+			return fmt.Errorf("split socket %d: %w", i, err)
+		}
+		if err := objs.AltSplitSlots.Update(uint32(gid*2*256+i), alternativesGrmSlot{Index: uint32(i), Epoch: 1}, 0); err != nil {
+			return fmt.Errorf("split slot %d: %w", i, err)
+		}
+	}
+	for i, s := range line {
+		index := uint32(len(split) + i)
+		if err := objs.AltNoopSockets.Update(index, uint64(s.fd), 0); err != nil {
+			return fmt.Errorf("line socket %d: %w", i, err)
+		}
+		g.Slots[i][0] = alternativesGrmSlot{Index: index, Epoch: 1}
+	}
+	if err := objs.AltGroups.Update(uint32(gid), &g, 0); err != nil {
+		return fmt.Errorf("line group: %w", err)
+	}
+	return nil
 }
 
 // altSection writes the alternatives section.
@@ -160,7 +204,11 @@ func (r *report) altSection(w func(string, ...any)) {
 	w("  an LRU hash of 65,536 entries (the key is hashed, a bucket walked; a miss inserts), or scan the\n")
 	w("  set of 8 one-cache-line entries that the kernel's reuseport hash picks in an array of %s\n", thousands(altSetEntries))
 	w("  entries, reading each entry's sequence number before and after (a miss claims a never-used\n")
-	w("  entry by compare-and-swap).\n\n")
+	w("  entry by compare-and-swap);\n")
+	w("- *noop path*: the steering program's noop path (group state, one slot, the selection, its\n")
+	w("  counters) with the group's data in the first design's layout (state in one array, slots in\n")
+	w("  another: two lookups, two cache lines) or in grmwrap's (state and the first slots of both\n")
+	w("  banks in the first cache line of the group's element of an mmapable array).\n\n")
 	w("| operation | live flows | ns/packet, median (min-max) | difference of the medians |\n|---|---|---|---|\n")
 	byKey := make(map[string]float64)
 	for _, row := range r.alt {
@@ -174,6 +222,8 @@ func (r *report) altSection(w func(string, ...any)) {
 			other = altSelectHash
 		case altFlowSets:
 			other = altFlowLRU
+		case altNoopLine:
+			other = altNoopSplit
 		}
 		if o, ok := byKey[other+"/"+strconv.Itoa(row.live)]; ok && !math.IsNaN(o) {
 			diff = fmt.Sprintf("%+.1f ns against the line above", median(row.ns)-o)

@@ -13,11 +13,40 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type alternativesAltSplitGroup struct {
+	_              structs.HostLayout
+	State          uint64
+	Dissector      uint32
+	FlowTimeoutSec uint32
+	BankGen        [2]uint32
+}
+
 type alternativesAltValue struct {
 	_      structs.HostLayout
 	SeenNs uint64
 	Index  uint32
 	Epoch  uint32
+}
+
+type alternativesGrmCounters struct {
+	_                                structs.HostLayout
+	RxProcessedTotal                 uint64
+	RxFlowOk                         uint64
+	RxDissectedOkTotal               uint64
+	RxNewFlowTotal                   uint64
+	RxNewFlowWorkingGenDispatchOk    uint64
+	RxNoopTotal                      uint64
+	RxFlowNewUnseen                  uint64
+	RxFlowNewHadExpired              uint64
+	RxInternalStateError             uint64
+	RxPacketTooShortError            uint64
+	RxFlowSocketGone                 uint64
+	RxFlowWrongGroup                 uint64
+	RxNewFlowWorkingGenDispatchError uint64
+	RxNoWorkingSocket                uint64
+	RxFlowCreateError                uint64
+	RxFlowEvicted                    uint64
+	RxFallbackKernel                 uint64
 }
 
 type alternativesGrmFlow struct {
@@ -39,20 +68,44 @@ type alternativesGrmFlowKey struct {
 	LocalAddr  [16]uint8
 }
 
+type alternativesGrmGroup struct {
+	_              structs.HostLayout
+	State          uint64
+	Dissector      uint32
+	FlowTimeoutSec uint32
+	Slots          [256][2]alternativesGrmSlot
+	BankGen        [2]uint32
+	Pad            [10]uint32
+}
+
+type alternativesGrmSlot struct {
+	_     structs.HostLayout
+	Index uint32
+	Epoch uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	alternativesMapAltCounters         = "alt_counters"
+	alternativesMapAltGroups           = "alt_groups"
 	alternativesMapAltLru              = "alt_lru"
+	alternativesMapAltNoopSockets      = "alt_noop_sockets"
 	alternativesMapAltResult           = "alt_result"
 	alternativesMapAltSets             = "alt_sets"
 	alternativesMapAltSockarray        = "alt_sockarray"
 	alternativesMapAltSockhash         = "alt_sockhash"
+	alternativesMapAltSplitGroups      = "alt_split_groups"
+	alternativesMapAltSplitSlots       = "alt_split_slots"
 	alternativesProgAltFlowLru         = "alt_flow_lru"
 	alternativesProgAltFlowSets        = "alt_flow_sets"
+	alternativesProgAltNoopLine        = "alt_noop_line"
+	alternativesProgAltNoopSplit       = "alt_noop_split"
 	alternativesProgAltSelectSockarray = "alt_select_sockarray"
 	alternativesProgAltSelectSockhash  = "alt_select_sockhash"
 	alternativesVarAltCookie           = "alt_cookie"
+	alternativesVarAltGid              = "alt_gid"
 	alternativesVarAltIndex            = "alt_index"
 	alternativesVarAltSetMask          = "alt_set_mask"
 )
@@ -101,6 +154,8 @@ type alternativesSpecs struct {
 type alternativesProgramSpecs struct {
 	AltFlowLru         *ebpf.ProgramSpec `ebpf:"alt_flow_lru"`
 	AltFlowSets        *ebpf.ProgramSpec `ebpf:"alt_flow_sets"`
+	AltNoopLine        *ebpf.ProgramSpec `ebpf:"alt_noop_line"`
+	AltNoopSplit       *ebpf.ProgramSpec `ebpf:"alt_noop_split"`
 	AltSelectSockarray *ebpf.ProgramSpec `ebpf:"alt_select_sockarray"`
 	AltSelectSockhash  *ebpf.ProgramSpec `ebpf:"alt_select_sockhash"`
 }
@@ -109,11 +164,16 @@ type alternativesProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type alternativesMapSpecs struct {
-	AltLru       *ebpf.MapSpec `ebpf:"alt_lru"`
-	AltResult    *ebpf.MapSpec `ebpf:"alt_result"`
-	AltSets      *ebpf.MapSpec `ebpf:"alt_sets"`
-	AltSockarray *ebpf.MapSpec `ebpf:"alt_sockarray"`
-	AltSockhash  *ebpf.MapSpec `ebpf:"alt_sockhash"`
+	AltCounters    *ebpf.MapSpec `ebpf:"alt_counters"`
+	AltGroups      *ebpf.MapSpec `ebpf:"alt_groups"`
+	AltLru         *ebpf.MapSpec `ebpf:"alt_lru"`
+	AltNoopSockets *ebpf.MapSpec `ebpf:"alt_noop_sockets"`
+	AltResult      *ebpf.MapSpec `ebpf:"alt_result"`
+	AltSets        *ebpf.MapSpec `ebpf:"alt_sets"`
+	AltSockarray   *ebpf.MapSpec `ebpf:"alt_sockarray"`
+	AltSockhash    *ebpf.MapSpec `ebpf:"alt_sockhash"`
+	AltSplitGroups *ebpf.MapSpec `ebpf:"alt_split_groups"`
+	AltSplitSlots  *ebpf.MapSpec `ebpf:"alt_split_slots"`
 }
 
 // alternativesVariableSpecs contains global variables before they are loaded into the kernel.
@@ -121,6 +181,7 @@ type alternativesMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type alternativesVariableSpecs struct {
 	AltCookie  *ebpf.VariableSpec `ebpf:"alt_cookie"`
+	AltGid     *ebpf.VariableSpec `ebpf:"alt_gid"`
 	AltIndex   *ebpf.VariableSpec `ebpf:"alt_index"`
 	AltSetMask *ebpf.VariableSpec `ebpf:"alt_set_mask"`
 }
@@ -145,20 +206,30 @@ func (o *alternativesObjects) Close() error {
 //
 // It can be passed to loadAlternativesObjects or ebpf.CollectionSpec.LoadAndAssign.
 type alternativesMaps struct {
-	AltLru       *ebpf.Map `ebpf:"alt_lru"`
-	AltResult    *ebpf.Map `ebpf:"alt_result"`
-	AltSets      *ebpf.Map `ebpf:"alt_sets"`
-	AltSockarray *ebpf.Map `ebpf:"alt_sockarray"`
-	AltSockhash  *ebpf.Map `ebpf:"alt_sockhash"`
+	AltCounters    *ebpf.Map `ebpf:"alt_counters"`
+	AltGroups      *ebpf.Map `ebpf:"alt_groups"`
+	AltLru         *ebpf.Map `ebpf:"alt_lru"`
+	AltNoopSockets *ebpf.Map `ebpf:"alt_noop_sockets"`
+	AltResult      *ebpf.Map `ebpf:"alt_result"`
+	AltSets        *ebpf.Map `ebpf:"alt_sets"`
+	AltSockarray   *ebpf.Map `ebpf:"alt_sockarray"`
+	AltSockhash    *ebpf.Map `ebpf:"alt_sockhash"`
+	AltSplitGroups *ebpf.Map `ebpf:"alt_split_groups"`
+	AltSplitSlots  *ebpf.Map `ebpf:"alt_split_slots"`
 }
 
 func (m *alternativesMaps) Close() error {
 	return _AlternativesClose(
+		m.AltCounters,
+		m.AltGroups,
 		m.AltLru,
+		m.AltNoopSockets,
 		m.AltResult,
 		m.AltSets,
 		m.AltSockarray,
 		m.AltSockhash,
+		m.AltSplitGroups,
+		m.AltSplitSlots,
 	)
 }
 
@@ -167,6 +238,7 @@ func (m *alternativesMaps) Close() error {
 // It can be passed to loadAlternativesObjects or ebpf.CollectionSpec.LoadAndAssign.
 type alternativesVariables struct {
 	AltCookie  *ebpf.Variable `ebpf:"alt_cookie"`
+	AltGid     *ebpf.Variable `ebpf:"alt_gid"`
 	AltIndex   *ebpf.Variable `ebpf:"alt_index"`
 	AltSetMask *ebpf.Variable `ebpf:"alt_set_mask"`
 }
@@ -177,6 +249,8 @@ type alternativesVariables struct {
 type alternativesPrograms struct {
 	AltFlowLru         *ebpf.Program `ebpf:"alt_flow_lru"`
 	AltFlowSets        *ebpf.Program `ebpf:"alt_flow_sets"`
+	AltNoopLine        *ebpf.Program `ebpf:"alt_noop_line"`
+	AltNoopSplit       *ebpf.Program `ebpf:"alt_noop_split"`
 	AltSelectSockarray *ebpf.Program `ebpf:"alt_select_sockarray"`
 	AltSelectSockhash  *ebpf.Program `ebpf:"alt_select_sockhash"`
 }
@@ -185,6 +259,8 @@ func (p *alternativesPrograms) Close() error {
 	return _AlternativesClose(
 		p.AltFlowLru,
 		p.AltFlowSets,
+		p.AltNoopLine,
+		p.AltNoopSplit,
 		p.AltSelectSockarray,
 		p.AltSelectSockhash,
 	)
