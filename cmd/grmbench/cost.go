@@ -30,6 +30,7 @@ const (
 	pathEmpty       = "empty program (calibration)"
 	pathTouch       = "one random entry of a table this size (calibration)"
 	pathTouchNew    = "one entry of a table this size that no datagram touched before (calibration)"
+	pathSelect      = "select one of two sockets by index and count it (calibration)"
 )
 
 // touchNewBase is the first synthetic client of the new-entry calibration:
@@ -242,6 +243,14 @@ func costAt(cfg costConfig, live int, tx *rawSender, logf func(string, ...any)) 
 	defer tp.close()
 
 	touchNew := costRow{path: pathTouchNew, live: live}
+	// The floor of noop: select a socket and count the datagram, nothing
+	// else, over the same clients.
+	sel := costRow{path: pathSelect, live: live}
+	sp, err := newSelectProgram()
+	if err != nil {
+		return nil, 0, err
+	}
+	defer sp.close()
 	freshRound, touchNewRound := 0, 0
 	scen := []scenario{
 		{&touch, func() (float64, uint64, error) {
@@ -268,6 +277,9 @@ func costAt(cfg costConfig, live int, tx *rawSender, logf func(string, ...any)) 
 			touchNewRound++
 			return measure(tp.prog, cfg.newFlows, func() error { return tx.sendRange(from, from+cfg.newFlows, tp.port) })
 		}, cfg.newFlows},
+		{&sel, func() (float64, uint64, error) {
+			return measure(sp.prog, cfg.packets, func() error { return tx.sendCycle(0, live, cfg.packets, sp.port) })
+		}, cfg.packets},
 		{&noop, func() (float64, uint64, error) {
 			if err := s.setDissector(generations.DissectorNoop); err != nil {
 				return 0, 0, err
@@ -312,6 +324,12 @@ func costAt(cfg costConfig, live int, tx *rawSender, logf func(string, ...any)) 
 			sc.row.matched += after - before
 		}
 	}
+	// The floor must have done its work: a selection for every datagram.
+	if n, err := sp.selected(); err != nil {
+		return nil, 0, err
+	} else if n != sel.sent {
+		return nil, 0, fmt.Errorf("select floor: %d of %d datagrams selected a socket", n, sel.sent)
+	}
 	if n, err = s.ft.count(benchGroup, s.port); err != nil {
 		return nil, 0, err
 	}
@@ -322,7 +340,7 @@ func costAt(cfg costConfig, live int, tx *rawSender, logf func(string, ...any)) 
 	if live > cfg.hot {
 		rows = []costRow{existing, hot, fresh, noop}
 	}
-	return append(rows, touch, touchNew), s.dp.FlowTableSize(), nil
+	return append(rows, touch, touchNew, sel), s.dp.FlowTableSize(), nil
 }
 
 // costEmpty measures an SK_REUSEPORT program that only returns SK_PASS,
@@ -423,4 +441,102 @@ func (t *touchProgram) close() {
 	closeServers(t.srv)
 	t.prog.Close()
 	t.arr.Close()
+}
+
+// selectProgram is an SK_REUSEPORT program that selects socket hash & 1
+// of a REUSEPORT_SOCKARRAY of its group's two sockets and counts the
+// datagram in a per-CPU array: the least a noop steering program does.
+type selectProgram struct {
+	prog  *ebpf.Program
+	socks *ebpf.Map
+	count *ebpf.Map
+	srv   []*server
+	port  uint16
+}
+
+func newSelectProgram() (*selectProgram, error) {
+	p := &selectProgram{}
+	var err error
+	if p.socks, err = ebpf.NewMap(&ebpf.MapSpec{Name: "grmbench_socks", Type: ebpf.ReusePortSockArray, KeySize: 4, ValueSize: 8, MaxEntries: 2}); err != nil {
+		return nil, fmt.Errorf("select floor sockets: %w", err)
+	}
+	if p.count, err = ebpf.NewMap(&ebpf.MapSpec{Name: "grmbench_count", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1}); err != nil {
+		p.close()
+		return nil, fmt.Errorf("select floor counter: %w", err)
+	}
+	const hashOff = 32 // offsetof(struct sk_reuseport_md, hash)
+	p.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:       "grmbench_select",
+		Type:       ebpf.SkReuseport,
+		AttachType: ebpf.AttachSkReuseportSelect,
+		License:    "Dual BSD/GPL",
+		Instructions: asm.Instructions{
+			asm.LoadMem(asm.R2, asm.R1, hashOff, asm.Word),
+			asm.And.Imm32(asm.R2, 1),
+			asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word),
+			asm.LoadMapPtr(asm.R2, p.socks.FD()),
+			asm.Mov.Reg(asm.R3, asm.RFP),
+			asm.Add.Imm(asm.R3, -4),
+			asm.Mov.Imm(asm.R4, 0),
+			asm.FnSkSelectReuseport.Call(),
+			asm.JNE.Imm(asm.R0, 0, "out"),
+			asm.StoreImm(asm.RFP, -8, 0, asm.Word),
+			asm.LoadMapPtr(asm.R1, p.count.FD()),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, -8),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "out"),
+			asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+			asm.Add.Imm(asm.R1, 1),
+			asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
+			asm.Mov.Imm(asm.R0, 1).WithSymbol("out"), // SK_PASS
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		p.close()
+		return nil, fmt.Errorf("load select floor program: %w", err)
+	}
+	if p.srv, err = newServerGroup(2, nil); err != nil {
+		p.close()
+		return nil, err
+	}
+	p.port = p.srv[0].port
+	for i, s := range p.srv {
+		if err := p.socks.Update(uint32(i), uint64(s.fd), ebpf.UpdateAny); err != nil {
+			p.close()
+			return nil, fmt.Errorf("select floor socket %d: %w", i, err)
+		}
+	}
+	if err := attachProgram(p.srv[0].fd, p.prog.FD()); err != nil {
+		p.close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// selected is how many datagrams the program selected a socket for.
+func (p *selectProgram) selected() (uint64, error) {
+	var per []uint64
+	if err := p.count.Lookup(uint32(0), &per); err != nil {
+		return 0, fmt.Errorf("select floor counter: %w", err)
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n, nil
+}
+
+func (p *selectProgram) close() {
+	closeServers(p.srv)
+	if p.prog != nil {
+		p.prog.Close()
+	}
+	if p.count != nil {
+		p.count.Close()
+	}
+	if p.socks != nil {
+		p.socks.Close()
+	}
 }
