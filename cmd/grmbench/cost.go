@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -404,21 +405,11 @@ func newTouchProgram(entries uint32) (*touchProgram, error) {
 		Type:       ebpf.SkReuseport,
 		AttachType: ebpf.AttachSkReuseportSelect,
 		License:    "Dual BSD/GPL",
-		Instructions: asm.Instructions{
+		Instructions: slices.Concat(asm.Instructions{
 			asm.LoadMem(asm.R2, asm.R1, hashOff, asm.Word),
 			asm.And.Imm32(asm.R2, int32(entries-1)),
 			asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word),
-			asm.LoadMapPtr(asm.R1, arr.FD()),
-			asm.Mov.Reg(asm.R2, asm.RFP),
-			asm.Add.Imm(asm.R2, -4),
-			asm.FnMapLookupElem.Call(),
-			asm.JEq.Imm(asm.R0, 0, "out"),
-			asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
-			asm.Add.Imm(asm.R1, 1),
-			asm.StoreMem(asm.R0, 8, asm.R1, asm.DWord),
-			asm.Mov.Imm(asm.R0, 1).WithSymbol("out"), // SK_PASS
-			asm.Return(),
-		},
+		}, bumpElem(arr, -4), passOut()),
 	})
 	if err != nil {
 		arr.Close()
@@ -441,6 +432,30 @@ func (t *touchProgram) close() {
 	closeServers(t.srv)
 	t.prog.Close()
 	t.arr.Close()
+}
+
+// bumpElem looks up the element of m whose key is at the frame pointer +
+// keyOff and adds one to its first 8 bytes (an empty lookup jumps to
+// "out").
+func bumpElem(m *ebpf.Map, keyOff int32) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, keyOff),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "out"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+		asm.Add.Imm(asm.R1, 1),
+		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
+	}
+}
+
+// passOut ends a program with SK_PASS at label "out".
+func passOut() asm.Instructions {
+	return asm.Instructions{
+		asm.Mov.Imm(asm.R0, 1).WithSymbol("out"), // SK_PASS
+		asm.Return(),
+	}
 }
 
 // selectProgram is an SK_REUSEPORT program that selects socket hash & 1
@@ -470,7 +485,7 @@ func newSelectProgram() (*selectProgram, error) {
 		Type:       ebpf.SkReuseport,
 		AttachType: ebpf.AttachSkReuseportSelect,
 		License:    "Dual BSD/GPL",
-		Instructions: asm.Instructions{
+		Instructions: slices.Concat(asm.Instructions{
 			asm.LoadMem(asm.R2, asm.R1, hashOff, asm.Word),
 			asm.And.Imm32(asm.R2, 1),
 			asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word),
@@ -481,17 +496,7 @@ func newSelectProgram() (*selectProgram, error) {
 			asm.FnSkSelectReuseport.Call(),
 			asm.JNE.Imm(asm.R0, 0, "out"),
 			asm.StoreImm(asm.RFP, -8, 0, asm.Word),
-			asm.LoadMapPtr(asm.R1, p.count.FD()),
-			asm.Mov.Reg(asm.R2, asm.RFP),
-			asm.Add.Imm(asm.R2, -8),
-			asm.FnMapLookupElem.Call(),
-			asm.JEq.Imm(asm.R0, 0, "out"),
-			asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
-			asm.Add.Imm(asm.R1, 1),
-			asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
-			asm.Mov.Imm(asm.R0, 1).WithSymbol("out"), // SK_PASS
-			asm.Return(),
-		},
+		}, bumpElem(p.count, -8), passOut()),
 	})
 	if err != nil {
 		p.close()
