@@ -71,7 +71,7 @@ type Options struct {
 type DataPlane struct {
 	objs    reuseportMaps
 	spec    *ebpf.CollectionSpec
-	groups  groupTable    // the groups array, mapped; written under mu
+	groups  *groupTable   // the groups array, mapped group by group; under mu
 	refresh time.Duration // Options.Refresh
 
 	mu    sync.Mutex
@@ -155,10 +155,7 @@ func Load(opts Options) (*DataPlane, error) {
 		}
 		return nil, fmt.Errorf("create steering maps: %w", err)
 	}
-	if d.groups, err = mapGroups(d.objs.Groups); err != nil {
-		d.objs.Close()
-		return nil, err
-	}
+	d.groups = newGroupTable(d.objs.Groups)
 	if err := d.restore(); err != nil {
 		d.groups.close()
 		d.objs.Close()

@@ -15,8 +15,9 @@
 //     when it is freed: flows and slots name a socket by (index, epoch);
 //   - socket_groups: cookie -> (group, index), user space's record of live
 //     sockets (a restarted supervisor reads it; not used per packet);
-//   - groups: one element per group, memory-mapped and written in place
-//     with single atomic stores: the state (working generation, its bank
+//   - groups: one element per group, memory-mapped group by group (a
+//     mapping's pages are all resident at once) and written in place with
+//     single atomic stores: the state (working generation, its bank
 //     and socket count in one 8-byte word), dissector, flow timeout, two
 //     banks of MaxSlots slots, and which generation each bank holds. The
 //     published state names the bank that holds the working generation;

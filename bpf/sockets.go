@@ -33,8 +33,10 @@ func (d *DataPlane) SetGroup(gid uint32, st generations.GroupState) error {
 			return err
 		}
 	}
-	d.groups.setConfig(gid, uint32(st.Dissector), uint32(st.FlowTimeout.Round(time.Second)/time.Second))
-	d.groups.setState(gid, uint64(st.WorkingGen)<<32|uint64(bank)<<16|uint64(st.Count))
+	state := uint64(st.WorkingGen)<<32 | uint64(bank)<<16 | uint64(st.Count)
+	if err := d.groups.publish(gid, uint32(st.Dissector), uint32(st.FlowTimeout.Round(time.Second)/time.Second), state); err != nil {
+		return err
+	}
 	gb.live = -1
 	if st.WorkingGen != 0 {
 		gb.live = bank
@@ -54,7 +56,9 @@ func (d *DataPlane) ClearGroup(gid uint32) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.groups.clear(gid)
+	if err := d.groups.clear(gid); err != nil {
+		return err
+	}
 	d.bankSet[gid] = &groupBanks{live: -1}
 	for k := range d.slotOf {
 		if k.gid == gid {
@@ -113,7 +117,10 @@ func (d *DataPlane) bankForLocked(gid uint32, gb *groupBanks, gen uint32, workin
 			}
 		}
 	}
-	d.groups.setBankGens(gid, gb.gen)
+	if err := d.groups.setBankGens(gid, gb.gen); err != nil {
+		gb.gen[bank] = 0
+		return -1, err
+	}
 	return bank, nil
 }
 
@@ -128,8 +135,7 @@ func (d *DataPlane) writeSlotLocked(gid uint32, bank int, slot uint32, cookie ui
 		}
 		index, epoch = ref.index, ref.epoch
 	}
-	d.groups.setSlot(gid, bank, slot, index, epoch)
-	return nil
+	return d.groups.setSlot(gid, bank, slot, index, epoch)
 }
 
 // AddSocket puts the bound socket f into group gid as (gen, slot): it gets
@@ -379,8 +385,15 @@ func (d *DataPlane) restore() error {
 		return fmt.Errorf("iterate socket groups: %w", err)
 	}
 	for gid := range groups {
-		st := d.groups.state(gid)
-		gb := &groupBanks{gen: d.groups.bankGens(gid), live: -1}
+		st, err := d.groups.state(gid)
+		if err != nil {
+			return err
+		}
+		gens, err := d.groups.bankGens(gid)
+		if err != nil {
+			return err
+		}
+		gb := &groupBanks{gen: gens, live: -1}
 		if st>>32 != 0 {
 			gb.live = int(st>>16) & 1
 		}
@@ -391,7 +404,9 @@ func (d *DataPlane) restore() error {
 			}
 			for slot := range uint32(MaxSlots) {
 				var sv reuseportGrmSlot
-				sv.Index, sv.Epoch = d.groups.slot(gid, b, slot)
+				if sv.Index, sv.Epoch, err = d.groups.slot(gid, b, slot); err != nil {
+					return err
+				}
 				if c, ok := byIndex[sv.Index]; ok && sv.Epoch != 0 && d.socks[c].epoch == sv.Epoch {
 					d.slotOf[slotKey{gid, gen, slot}] = c
 					r := d.socks[c]

@@ -1,7 +1,10 @@
 package bpf
 
 import (
+	"fmt"
+	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -192,5 +195,55 @@ func TestActive(t *testing.T) {
 	e.roundtrip(cls[:1], 1) // older than the refresh interval: rewritten
 	if !active(gen1, quiet) {
 		t.Error("generation 1 not active after a datagram of an existing flow")
+	}
+}
+
+// TestGroupsMappedPerGroup: user space maps the groups array group by
+// group (two or three pages each), not whole: the kernel maps every page
+// of a mapping at once, so a whole mapping would put the array's 4 MiB in
+// the supervisor's resident memory. A cleared group is unmapped.
+func TestGroupsMappedPerGroup(t *testing.T) {
+	if !nstest.Enter(t) {
+		return
+	}
+	e := newEnv(t, Options{})
+	mapped := func() int {
+		t.Helper()
+		maps, err := os.ReadFile("/proc/self/maps")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for line := range strings.Lines(string(maps)) {
+			if !strings.Contains(line, "bpf-map") {
+				continue
+			}
+			var lo, hi uint64
+			if _, err := fmt.Sscanf(line, "%x-%x", &lo, &hi); err != nil {
+				t.Fatalf("parse %q: %v", line, err)
+			}
+			n += int(hi - lo)
+		}
+		return n
+	}
+	page := os.Getpagesize()
+	for _, gid := range []uint32{1, 2, MaxGroups - 1} {
+		e.setGroup(gid, 1, 0, flowDis, hour)
+	}
+	if got, most := mapped(), 3*3*page; got == 0 || got > most {
+		t.Fatalf("%d bytes of BPF maps mapped for 3 groups, want 1 to %d", got, most)
+	}
+	for _, gid := range []uint32{1, 2} {
+		if err := e.d.ClearGroup(gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, most := mapped(), 3*page; got == 0 || got > most {
+		t.Errorf("%d bytes of BPF maps mapped for 1 group, want 1 to %d", got, most)
+	}
+	// The last group still steers by its element.
+	st, err := e.d.groups.state(MaxGroups - 1)
+	if err != nil || st>>32 != 1 {
+		t.Errorf("state of group %d = %#x, %v; want generation 1", MaxGroups-1, st, err)
 	}
 }
