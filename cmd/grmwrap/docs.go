@@ -395,7 +395,7 @@ func writeMan(out io.Writer, app *cli.App, date string) error {
 		roff("Pinned steering state of a service (a bpffs is mounted on /sys/fs/bpf if none is).") + "\n")
 
 	w.WriteString(".SH REQUIREMENTS\n")
-	w.WriteString(roff("Linux 5.14 or later; root, or CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_NET_ADMIN and CAP_BPF "+
+	w.WriteString(roff("Linux 5.17 or later on x86-64; root, or CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_NET_ADMIN and CAP_BPF "+
 		"(plus CAP_SETUID and CAP_SETGID for --user). "+name+" checks at start and names what is missing. It "+
 		"cannot run under another seccomp user-notification supervisor.") + "\n")
 
