@@ -88,7 +88,8 @@ struct grm_flow {
 /* Per-CPU counters of one group: every branch of the program counts. The
  * names follow udpgrm's where the meaning is the same. */
 struct grm_counters {
-	/* The counters of the common paths come first, in one cache line. */
+	/* The counters of the common paths come first, within 56 bytes: one
+	 * or two cache lines (per-CPU elements are only 8-byte aligned). */
 	__u64 rx_processed_total;        /* every datagram the program ran for */
 	__u64 rx_flow_ok;                /* existing flow sent to its socket */
 	__u64 rx_dissected_ok_total;     /* flow key built */

@@ -27,42 +27,35 @@ var _ = [1]struct{}{}[groupSize%64]
 type groupTable struct {
 	m    *ebpf.Map
 	page uintptr
-	mem  map[uint32][]byte             // by group id: the pages holding its element
-	elem map[uint32]*reuseportGrmGroup // by group id: its element in mem
+	mem  map[uint32][]byte // by group id: the pages holding its element
 }
 
 func newGroupTable(m *ebpf.Map) *groupTable {
-	return &groupTable{
-		m:    m,
-		page: uintptr(os.Getpagesize()),
-		mem:  make(map[uint32][]byte),
-		elem: make(map[uint32]*reuseportGrmGroup),
-	}
+	return &groupTable{m: m, page: uintptr(os.Getpagesize()), mem: make(map[uint32][]byte)}
 }
 
 // group returns group gid's element in place, mapping its pages the first
 // time (gid < MaxGroups, checked by the callers).
 func (t *groupTable) group(gid uint32) (*reuseportGrmGroup, error) {
-	if e := t.elem[gid]; e != nil {
-		return e, nil
-	}
 	start := uintptr(gid) * groupSize
 	first := start / t.page * t.page
-	end := (start + groupSize + t.page - 1) / t.page * t.page
-	mem, err := unix.Mmap(t.m.FD(), int64(first), int(end-first), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		return nil, fmt.Errorf("map group %d of the groups array: %w", gid, err)
+	mem := t.mem[gid]
+	if mem == nil {
+		end := (start + groupSize + t.page - 1) / t.page * t.page
+		var err error
+		mem, err = unix.Mmap(t.m.FD(), int64(first), int(end-first), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			return nil, fmt.Errorf("map group %d of the groups array: %w", gid, err)
+		}
+		t.mem[gid] = mem
 	}
-	e := (*reuseportGrmGroup)(unsafe.Pointer(&mem[start-first]))
-	t.mem[gid], t.elem[gid] = mem, e
-	return e, nil
+	return (*reuseportGrmGroup)(unsafe.Pointer(&mem[start-first])), nil
 }
 
 func (t *groupTable) close() {
 	for gid, mem := range t.mem {
 		_ = unix.Munmap(mem)
 		delete(t.mem, gid)
-		delete(t.elem, gid)
 	}
 }
 
@@ -160,7 +153,6 @@ func (t *groupTable) clear(gid uint32) error {
 	}
 	err = unix.Munmap(t.mem[gid])
 	delete(t.mem, gid)
-	delete(t.elem, gid)
 	if err != nil {
 		return fmt.Errorf("unmap group %d: %w", gid, err)
 	}

@@ -377,25 +377,22 @@ func (s *Steering) Groups() []GroupInfo {
 
 // Cookies returns the cookies of generation gen's sockets, in any order.
 func (s *Steering) Cookies(gen uint32) []uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []uint64
-	for _, g := range s.groups {
-		for _, m := range g.gens[gen] {
-			out = append(out, m.cookie)
-		}
-	}
-	return out
+	return s.members(gen, func(m member) uint64 { return m.cookie })
 }
 
 // Sockets returns the inodes of generation gen's sockets, in any order.
 func (s *Steering) Sockets(gen uint32) []uint64 {
+	return s.members(gen, func(m member) uint64 { return m.inode })
+}
+
+// members returns what of generation gen's sockets field picks.
+func (s *Steering) members(gen uint32, field func(member) uint64) []uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []uint64
 	for _, g := range s.groups {
 		for _, m := range g.gens[gen] {
-			out = append(out, m.inode)
+			out = append(out, field(m))
 		}
 	}
 	return out

@@ -348,28 +348,12 @@ func costAt(cfg costConfig, live int, tx *rawSender, logf func(string, ...any)) 
 // attached the same way: the floor that the run-time statistics themselves
 // (two clock reads around the program) and the program call add.
 func costEmpty(cfg costConfig, tx *rawSender) (costRow, error) {
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:       "grmbench_empty",
-		Type:       ebpf.SkReuseport,
-		AttachType: ebpf.AttachSkReuseportSelect,
-		License:    "Dual BSD/GPL",
-		Instructions: asm.Instructions{
-			asm.Mov.Imm(asm.R0, 1), // SK_PASS
-			asm.Return(),
-		},
-	})
+	prog, srv, err := newCalibration("grmbench_empty", passOut())
 	if err != nil {
-		return costRow{}, fmt.Errorf("load empty program: %w", err)
+		return costRow{}, err
 	}
 	defer prog.Close()
-	srv, err := newServerGroup(2, nil)
-	if err != nil {
-		return costRow{}, err
-	}
 	defer closeServers(srv)
-	if err := attachProgram(srv[0].fd, prog.FD()); err != nil {
-		return costRow{}, err
-	}
 	row := costRow{path: pathEmpty, live: 0}
 	for range cfg.rounds {
 		ns, runs, err := measure(prog, cfg.packets, func() error { return tx.sendCycle(0, 1000, cfg.packets, srv[0].port) })
@@ -399,39 +383,51 @@ func newTouchProgram(entries uint32) (*touchProgram, error) {
 	if err != nil {
 		return nil, fmt.Errorf("touch array: %w", err)
 	}
-	const hashOff = 32 // offsetof(struct sk_reuseport_md, hash)
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:       "grmbench_touch",
-		Type:       ebpf.SkReuseport,
-		AttachType: ebpf.AttachSkReuseportSelect,
-		License:    "Dual BSD/GPL",
-		Instructions: slices.Concat(asm.Instructions{
-			asm.LoadMem(asm.R2, asm.R1, hashOff, asm.Word),
-			asm.And.Imm32(asm.R2, int32(entries-1)),
-			asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word),
-		}, bumpElem(arr, -4), passOut()),
-	})
+	prog, srv, err := newCalibration("grmbench_touch", slices.Concat(asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R1, mdHashOff, asm.Word),
+		asm.And.Imm32(asm.R2, int32(entries-1)),
+		asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word),
+	}, bumpElem(arr, -4), passOut()))
 	if err != nil {
 		arr.Close()
-		return nil, fmt.Errorf("load touch program: %w", err)
-	}
-	t := &touchProgram{prog: prog, arr: arr}
-	if t.srv, err = newServerGroup(2, nil); err != nil {
-		t.close()
 		return nil, err
 	}
-	t.port = t.srv[0].port
-	if err := attachProgram(t.srv[0].fd, prog.FD()); err != nil {
-		t.close()
-		return nil, err
-	}
-	return t, nil
+	return &touchProgram{prog: prog, arr: arr, srv: srv, port: srv[0].port}, nil
 }
 
 func (t *touchProgram) close() {
 	closeServers(t.srv)
 	t.prog.Close()
 	t.arr.Close()
+}
+
+// mdHashOff is offsetof(struct sk_reuseport_md, hash).
+const mdHashOff = 32
+
+// newCalibration loads insns as an SK_REUSEPORT program and attaches it
+// to a group of two sockets of its own.
+func newCalibration(name string, insns asm.Instructions) (*ebpf.Program, []*server, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         name,
+		Type:         ebpf.SkReuseport,
+		AttachType:   ebpf.AttachSkReuseportSelect,
+		License:      "Dual BSD/GPL",
+		Instructions: insns,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("load %s: %w", name, err)
+	}
+	srv, err := newServerGroup(2, nil)
+	if err != nil {
+		prog.Close()
+		return nil, nil, err
+	}
+	if err := attachProgram(srv[0].fd, prog.FD()); err != nil {
+		closeServers(srv)
+		prog.Close()
+		return nil, nil, err
+	}
+	return prog, srv, nil
 }
 
 // bumpElem looks up the element of m whose key is at the frame pointer +
@@ -479,30 +475,18 @@ func newSelectProgram() (*selectProgram, error) {
 		p.close()
 		return nil, fmt.Errorf("select floor counter: %w", err)
 	}
-	const hashOff = 32 // offsetof(struct sk_reuseport_md, hash)
-	p.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:       "grmbench_select",
-		Type:       ebpf.SkReuseport,
-		AttachType: ebpf.AttachSkReuseportSelect,
-		License:    "Dual BSD/GPL",
-		Instructions: slices.Concat(asm.Instructions{
-			asm.LoadMem(asm.R2, asm.R1, hashOff, asm.Word),
-			asm.And.Imm32(asm.R2, 1),
-			asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word),
-			asm.LoadMapPtr(asm.R2, p.socks.FD()),
-			asm.Mov.Reg(asm.R3, asm.RFP),
-			asm.Add.Imm(asm.R3, -4),
-			asm.Mov.Imm(asm.R4, 0),
-			asm.FnSkSelectReuseport.Call(),
-			asm.JNE.Imm(asm.R0, 0, "out"),
-			asm.StoreImm(asm.RFP, -8, 0, asm.Word),
-		}, bumpElem(p.count, -8), passOut()),
-	})
-	if err != nil {
-		p.close()
-		return nil, fmt.Errorf("load select floor program: %w", err)
-	}
-	if p.srv, err = newServerGroup(2, nil); err != nil {
+	if p.prog, p.srv, err = newCalibration("grmbench_select", slices.Concat(asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R1, mdHashOff, asm.Word),
+		asm.And.Imm32(asm.R2, 1),
+		asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word),
+		asm.LoadMapPtr(asm.R2, p.socks.FD()),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, -4),
+		asm.Mov.Imm(asm.R4, 0),
+		asm.FnSkSelectReuseport.Call(),
+		asm.JNE.Imm(asm.R0, 0, "out"),
+		asm.StoreImm(asm.RFP, -8, 0, asm.Word),
+	}, bumpElem(p.count, -8), passOut())); err != nil {
 		p.close()
 		return nil, err
 	}
@@ -512,10 +496,6 @@ func newSelectProgram() (*selectProgram, error) {
 			p.close()
 			return nil, fmt.Errorf("select floor socket %d: %w", i, err)
 		}
-	}
-	if err := attachProgram(p.srv[0].fd, p.prog.FD()); err != nil {
-		p.close()
-		return nil, err
 	}
 	return p, nil
 }
