@@ -5,18 +5,41 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // echoServer answers every datagram with "<id> <payload>" until the test
 // ends; drop, when set, says which datagrams (by their count) to ignore.
 func echoServer(t *testing.T, id string, drop func(n int) bool) string {
 	t.Helper()
+	return echoServerGated(t, id, drop, nil)
+}
+
+// echoQueue is the receive buffer the echo server asks for: a datagram of
+// these tests takes about 832 bytes of it (its truesize on loopback), so
+// the kernel's doubled 8 MiB holds some 10,000, more than a test sends in
+// one go. The default (net.core.rmem_default, 208 KiB) holds 256: 5 ms at
+// 50,000/s, less than the echo goroutine may wait for a CPU on a busy
+// machine, and the rest was dropped (RcvbufErrors) and counted as lost.
+const echoQueue = 4 << 20
+
+// echoServerGated is echoServer whose reading starts only when gate is
+// closed (nil: at once): a server that is not run for a while.
+func echoServerGated(t *testing.T, id string, drop func(n int) bool, gate <-chan struct{}) string {
+	t.Helper()
 	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	if got := forceReadBuffer(t, c, echoQueue); got < 2*echoQueue {
+		t.Fatalf("echo server's receive buffer is %d bytes, want %d: run as root (SO_RCVBUFFORCE) or raise net.core.rmem_max", got, 2*echoQueue)
+	}
 	go func() {
+		if gate != nil {
+			<-gate
+		}
 		buf := make([]byte, 65536)
 		out := make([]byte, 0, 65536)
 		for n := 0; ; n++ {
@@ -32,6 +55,28 @@ func echoServer(t *testing.T, id string, drop func(n int) bool) string {
 		}
 	}()
 	return c.LocalAddr().String()
+}
+
+// forceReadBuffer sets c's receive buffer to n bytes, above
+// net.core.rmem_max when privileged, and returns what the kernel made of
+// it (twice the request, for its own overhead).
+func forceReadBuffer(t *testing.T, c *net.UDPConn, n int) int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	if err := rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n) != nil {
+			// Unprivileged: the plain option, capped at rmem_max.
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, n)
+		}
+		got, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return got
 }
 
 func TestRunPerFlowSockets(t *testing.T) {
@@ -88,6 +133,29 @@ func TestSessionSharedSockets(t *testing.T) {
 	}
 	if s.AnsweredBy(0, 2) != "" || s.AnsweredBy(-1, 0) != "" {
 		t.Error("AnsweredBy of a datagram never sent")
+	}
+}
+
+// TestSessionSharedSocketsServerStalled: the echo server is not run at
+// all while a whole pass of TestSessionSharedSockets is sent (the worst
+// case of its goroutine waiting for a CPU); its receive queue must hold
+// the pass, so that every datagram is answered once it runs.
+func TestSessionSharedSocketsServerStalled(t *testing.T) {
+	gate := make(chan struct{})
+	addr := echoServerGated(t, "42", nil, gate)
+	s, err := Open(Config{Addr: addr, Flows: 3000, Sockets: 7, Senders: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if got := s.Send(ctx, 50000, 3000); got != 3000 {
+		t.Fatalf("sent %d", got)
+	}
+	close(gate)
+	if !s.Settle(ctx, 5*time.Second) {
+		r := s.Result()
+		t.Fatalf("not every datagram answered: lost %d of %d", r.Lost, r.Sent)
 	}
 }
 
