@@ -349,8 +349,8 @@ func (l *loadRun) wait(t *testing.T) *load.Result {
 // once.
 func noLoss(t *testing.T, what string, r *load.Result) {
 	t.Helper()
-	t.Logf("%s: sent %d answered %d lost %d duplicates %d by %v in %s; UDP drops in this test's namespace so far: %s",
-		what, r.Sent, r.Answered, r.Lost, r.Dups, r.By, r.Elapsed, udpDrops(nil))
+	t.Logf("%s: sent %d answered %d lost %d (dropped at the load's own sockets %d) duplicates %d by %v in %s; UDP drops in this test's namespace so far: %s",
+		what, r.Sent, r.Answered, r.Lost, r.RecvDrops, r.Dups, r.By, r.Elapsed, udpDrops(nil))
 	if r.Lost == 0 && r.Dups == 0 && r.Answered == r.Sent {
 		return
 	}

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -83,8 +84,13 @@ type Result struct {
 	MaxLagMS float64 `json:"max_lag_ms"`
 	// Stray counts answers that match no datagram of the flow they reached
 	// (another flow's number, or an address the flow does not send from).
-	Stray int    `json:"stray"`
-	Flows []Flow `json:"flows"`
+	Stray int `json:"stray"`
+	// RecvDrops counts answers the kernel dropped at the load's own
+	// sockets because their receive queues were full (SO_MEMINFO). They
+	// are in Lost too, but that loss is the load generator's, not the
+	// server's.
+	RecvDrops int    `json:"recv_drops"`
+	Flows     []Flow `json:"flows"`
 }
 
 // The payload of every datagram starts with "grm ", the sequence number
@@ -130,6 +136,10 @@ type Session struct {
 	stray      atomic.Int64
 	slips      atomic.Int64
 	maxLag     atomic.Int64 // ns
+	// finalDrops is the sockets' drops when they were closed, valid once
+	// dropsFinal is set.
+	finalDrops atomic.Int64
+	dropsFinal atomic.Bool
 }
 
 // Run performs one run. It returns when the duration and the grace period
@@ -184,7 +194,7 @@ func (s *Session) openPerFlow(raddr *net.UDPAddr) error {
 			return fmt.Errorf("open flow %d: %w", i, err)
 		}
 		s.socks = append(s.socks, c)
-		_ = c.SetReadBuffer(1 << 20) // best effort: a bigger buffer loses less on our side
+		setReadBuffer(c, perFlowQueue)
 		s.flows[i] = &flowState{conn: c, local: c.LocalAddr().String()}
 	}
 	for i, f := range s.flows {
@@ -220,7 +230,7 @@ func (s *Session) openShared() error {
 			return fmt.Errorf("open socket %d: %w", k, err)
 		}
 		s.socks = append(s.socks, c)
-		_ = c.SetReadBuffer(4 << 20) // best effort, as above
+		setReadBuffer(c, sharedQueue)
 		if err := setPktinfo(c); err != nil {
 			return err
 		}
@@ -244,6 +254,66 @@ func (s *Session) openShared() error {
 		}()
 	}
 	return nil
+}
+
+// The receive buffers the load's own sockets ask for. An answer takes
+// about 832 bytes of it on loopback (its truesize), and the kernel doubles
+// the request: a shared socket holds some 10,000 answers, a flow's own
+// some 2,500, whatever net.core.rmem_max says when the load runs as root
+// (as every upgrade test does). With SO_RCVBUF alone, rmem_max caps both
+// at twice its value: 425,984 bytes by default, 512 answers, which a
+// reader not run for a few milliseconds can overflow at high rates.
+const (
+	perFlowQueue = 1 << 20
+	sharedQueue  = 4 << 20
+)
+
+// setReadBuffer sets c's receive buffer to n bytes: above rmem_max when
+// privileged (SO_RCVBUFFORCE), else as far as rmem_max allows. Best
+// effort: what a smaller buffer drops shows in Result.RecvDrops.
+func setReadBuffer(c *net.UDPConn, n int) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return // best effort, as said
+	}
+	_ = rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n) != nil {
+			// Unprivileged: capped at rmem_max; its drops are counted.
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, n)
+		}
+	})
+}
+
+// socketDrops is how many datagrams the kernel dropped at c so far (its
+// receive queue full), from SO_MEMINFO; 0 if c is closed.
+func socketDrops(c *net.UDPConn) int64 {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0 // closed: counted before closing (Close)
+	}
+	var mi [unix.SK_MEMINFO_VARS]uint32
+	var drops int64
+	_ = rc.Control(func(fd uintptr) {
+		l := uint32(unsafe.Sizeof(mi))
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
+			uintptr(unsafe.Pointer(&mi)), uintptr(unsafe.Pointer(&l)), 0)
+		if errno == 0 {
+			drops = int64(mi[unix.SK_MEMINFO_DROPS])
+		}
+	}) // an error: the socket was closed meanwhile, and counted then
+	return drops
+}
+
+// ownDrops is the drops of all the session's sockets.
+func (s *Session) ownDrops() int64 {
+	if s.dropsFinal.Load() {
+		return s.finalDrops.Load()
+	}
+	var n int64
+	for _, c := range s.socks {
+		n += socketDrops(c)
+	}
+	return n
 }
 
 // setPktinfo asks for the destination address of every datagram c
@@ -583,6 +653,7 @@ func (s *Session) Result() *Result {
 		Slips:       int(s.slips.Load()),
 		MaxLagMS:    float64(s.maxLag.Load()) / 1e6,
 		Stray:       int(s.stray.Load()),
+		RecvDrops:   int(s.ownDrops()),
 		SendSeconds: time.Duration(s.sendTime.Load()).Seconds(),
 	}
 	for i, f := range s.flows {
@@ -621,6 +692,8 @@ func (s *Session) Close() *Result {
 	s.mu.Lock()
 	if !s.closed {
 		s.closed = true
+		s.finalDrops.Store(s.ownDrops())
+		s.dropsFinal.Store(true)
 		for _, c := range s.socks {
 			c.Close() // ends the readers
 		}

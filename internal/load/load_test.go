@@ -259,3 +259,45 @@ func TestPacerSlips(t *testing.T) {
 		t.Errorf("MaxLag < 0 slipped: %d, start moved %v", never.slips.Load(), q.start.Sub(old))
 	}
 }
+
+// TestRecvDropsCounted: answers the kernel drops at the load's own socket
+// (its receive queue full, nobody reading) show in Result.RecvDrops, so
+// that a loss of the load generator is not taken for the server's.
+func TestRecvDropsCounted(t *testing.T) {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	w, err := net.DialUDP("udp4", nil, c.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	const sent = 2000 // more than the default queue holds (256 of these)
+	for range sent {
+		if _, err := w.Write([]byte("42 grm answer")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	queued := 0
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 100)
+	if err := rc.Read(func(fd uintptr) bool {
+		for {
+			if _, _, err := unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT); err != nil {
+				return true
+			}
+			queued++
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s := &Session{socks: []*net.UDPConn{c}}
+	if r := s.Result(); queued == 0 || queued == sent || r.RecvDrops != sent-queued {
+		t.Fatalf("sent %d, queued %d, RecvDrops %d, want %d", sent, queued, r.RecvDrops, sent-queued)
+	}
+}
