@@ -68,7 +68,10 @@ func openDataPlane(cfg runConfig) (*dataPlane, error) {
 	refresh := min(time.Second, cfg.flowTimeout/8)
 	dp, err := bpf.Load(bpf.Options{MaxFlows: cfg.maxFlows, PinDir: dir, Refresh: refresh})
 	if err != nil {
-		removePins(cfg, dir, nil)
+		// Only an empty directory (made by lockState) goes: pins that do
+		// not match this grmwrap may still steer another version's
+		// instances.
+		_ = os.Remove(dir)
 		unlock()
 		return nil, err
 	}
