@@ -3,12 +3,15 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/grmwrap/grmwrap/bpf"
 	"github.com/grmwrap/grmwrap/generations"
@@ -52,25 +55,30 @@ var _ generations.Sockets = (*dataPlane)(nil)
 // of a previous supervisor are left alone.
 func openDataPlane(cfg runConfig) (*dataPlane, error) {
 	name := stateName(cfg)
-	unlock, err := lockState(cfg.runtimeDir, name)
-	if err != nil {
+	if err := bpf.EnsureBPFFS(bpffsMount); err != nil {
 		return nil, err
 	}
-	if err := bpf.EnsureBPFFS(bpffsMount); err != nil {
-		unlock()
+	dir := bpf.PinDir(bpffsMount, name)
+	unlock, err := lockState(dir, name)
+	if err != nil {
 		return nil, err
 	}
 	// A flow's last-seen time must be refreshed well within the flow
 	// timeout, or live flows would look idle.
 	refresh := min(time.Second, cfg.flowTimeout/8)
-	dp, err := bpf.Load(bpf.Options{MaxFlows: cfg.maxFlows, PinDir: bpf.PinDir(bpffsMount, name), Refresh: refresh})
+	dp, err := bpf.Load(bpf.Options{MaxFlows: cfg.maxFlows, PinDir: dir, Refresh: refresh})
 	if err != nil {
+		// Only an empty directory (made by lockState) goes: pins that do
+		// not match this grmwrap may still steer another version's
+		// instances.
+		_ = os.Remove(dir)
 		unlock()
 		return nil, err
 	}
 	live, err := dp.LiveGroups()
 	if err != nil {
-		dp.Close()
+		_ = dp.Close() // failing already; the first error is the one to report
+		removePins(cfg, dir, map[uint32]bool{0: true})
 		unlock()
 		return nil, err
 	}
@@ -90,18 +98,34 @@ func openDataPlane(cfg runConfig) (*dataPlane, error) {
 	return &dataPlane{Steering: st, bpf: dp, cfg: cfg, unlock: unlock}, nil
 }
 
+// close releases the data plane on every exit path that runs (a crash
+// runs none, and leaves everything to the orphans and the next
+// supervisor): the pinned maps are removed unless a live socket still
+// uses them (an orphan of a crashed supervisor, or an instance that could
+// not be stopped), then the state lock is released. Unpinning before
+// unlocking means no other supervisor can open the maps being removed.
 func (d *dataPlane) close() {
-	d.bpf.Close()
+	dir := bpf.PinDir(bpffsMount, stateName(d.cfg))
+	live, err := d.bpf.LiveGroups()
+	if err != nil {
+		d.cfg.log.Warn("cannot tell whether a live socket uses the steering maps", "dir", dir, "err", err)
+		live = map[uint32]bool{0: true}
+	}
+	_ = d.bpf.Close() // the maps stay or go with their pins below; nothing to do about a close error
+	removePins(d.cfg, dir, live)
 	d.unlock()
 }
 
-// unpin removes the pinned maps after a clean stop: every instance is
-// gone, so no group needs them, and a flow table holds kernel memory until
-// it is unpinned. After a crash they stay, for the next supervisor.
-func (d *dataPlane) unpin() {
-	dir := bpf.PinDir(bpffsMount, stateName(d.cfg))
+// removePins removes the pinned maps in dir, unless live names groups that
+// still have open sockets: those keep steering, so the maps stay for them
+// and for the next supervisor (one log line says so).
+func removePins(cfg runConfig, dir string, live map[uint32]bool) {
+	if len(live) > 0 {
+		cfg.log.Info("steering maps kept: live sockets of another process still use them", "dir", dir, "groups", len(live))
+		return
+	}
 	if err := os.RemoveAll(dir); err != nil {
-		d.cfg.log.Warn("unpin steering maps", "dir", dir, "err", err)
+		cfg.log.Warn("unpin steering maps", "dir", dir, "err", err)
 	}
 }
 
@@ -151,20 +175,59 @@ func (d *dataPlane) Release(gen uint32) (func() (int, error), error) {
 	return queued, err
 }
 
-// lockState takes an exclusive lock on <runtime-dir>/<name>.lock: two
-// supervisors must not share pinned state.
+// lockState creates the pin directory dir (in bpffs) and takes an
+// exclusive flock on the directory itself: the lock lives with the state it
+// guards, so two supervisors with one state name clash whatever their
+// runtime directories, and it goes with the process (no lock file). A
+// holder removes dir before it unlocks; a supervisor that locked a
+// directory removed meanwhile sees another inode at dir and tries again.
 func lockState(dir, name string) (func(), error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("runtime directory: %w", err)
+	for range 16 {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("state directory: %w", err)
+		}
+		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue // removed by its holder between MkdirAll and Open
+			}
+			return nil, fmt.Errorf("state directory: %w", err)
+		}
+		if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			var st unix.Stat_t
+			holder := ""
+			if unix.Fstat(fd, &st) == nil {
+				holder = lockHolder(st.Ino)
+			}
+			_ = unix.Close(fd) // read-only, nothing to flush
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, fmt.Errorf("another grmwrap%s runs with state %q: give this one --name", holder, name)
+			}
+			return nil, fmt.Errorf("lock state %q: %w", name, err)
+		}
+		var locked, now unix.Stat_t
+		if unix.Fstat(fd, &locked) == nil && unix.Stat(dir, &now) == nil && locked.Ino == now.Ino && locked.Dev == now.Dev {
+			return func() { _ = unix.Close(fd) }, nil // closing drops the lock
+		}
+		_ = unix.Close(fd) // a directory its holder removed: try the new one
 	}
-	path := filepath.Join(dir, name+".lock")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|syscall.O_CLOEXEC, 0o600)
+	return nil, fmt.Errorf("lock state %q: its directory keeps being replaced", name)
+}
+
+// lockHolder names the process holding a flock on the inode ino, from
+// /proc/locks (" (pid N)"), or "" when it cannot tell.
+func lockHolder(ino uint64) string {
+	data, err := os.ReadFile("/proc/locks")
 	if err != nil {
-		return nil, fmt.Errorf("state lock: %w", err)
+		return "" // the holder is only a hint
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("another grmwrap runs with state %q (give this one --name): %w", name, err)
+	suffix := ":" + strconv.FormatUint(ino, 10)
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		// "1: FLOCK  ADVISORY  WRITE 2825 00:2e:231800 0 EOF"
+		if len(f) >= 6 && f[1] == "FLOCK" && strings.HasSuffix(f[5], suffix) {
+			return " (pid " + f[4] + ")"
+		}
 	}
-	return func() { f.Close() }, nil
+	return ""
 }

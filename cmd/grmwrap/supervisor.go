@@ -275,6 +275,11 @@ func serve(ctx context.Context, cfg runConfig) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Everything an operator's mistake can make fail (the state lock, the
+	// notify directory, the metrics address, the control socket in the
+	// runtime directory) is done before generation 1 starts, and every
+	// exit path undoes it through the defers: dp.close removes the pins
+	// unless a live socket of another process still uses them.
 	dp, err := openDataPlane(cfg)
 	if err != nil {
 		return exitError{code: 2, err: err}
@@ -314,17 +319,18 @@ func serve(ctx context.Context, cfg runConfig) error {
 		s.handler.Observe = met.observe
 		obs = append(obs, met)
 	}
+	// The control socket exists before generation 1 starts: a runtime
+	// directory that cannot hold it is a startup error, not a stop of a
+	// running service (an upgrade asked before Start gets "not running").
+	ctl, err := listenControl(cfg.runtimeDir, cfg.log, mgr, dp, s.handler, obs)
+	if err != nil {
+		return exitError{code: 2, err: err}
+	}
+	defer ctl.Close()
 	ready := make(chan error, 1)
 	if err := mgr.Start(ctx, ready); err != nil {
 		return exitError{code: 2, err: fmt.Errorf("start %s: %w", cfg.command[0], err)}
 	}
-	ctl, err := listenControl(cfg.runtimeDir, cfg.log, mgr, dp, s.handler, obs)
-	if err != nil {
-		code := mgr.Stop(syscall.SIGTERM)
-		mgr.Wait()
-		return exitError{code: code, err: err}
-	}
-	defer ctl.Close()
 	for {
 		select {
 		case err := <-ready:
@@ -341,7 +347,6 @@ func serve(ctx context.Context, cfg runConfig) error {
 				obs.stopping()
 				code := mgr.Stop(ssig)
 				mgr.Wait() // drains end before the data plane closes
-				dp.unpin()
 				return exitError{code: code}
 			}
 			s.log.Info("forwarding signal to the working instance", "signal", sig)
@@ -355,7 +360,6 @@ func serve(ctx context.Context, cfg runConfig) error {
 			obs.stopping()
 			mgr.Stop(syscall.SIGTERM)
 			mgr.Wait()
-			dp.unpin()
 			return exitError{code: code}
 		}
 	}
