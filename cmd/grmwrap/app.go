@@ -97,6 +97,7 @@ func newApp(args []string) (*cli.App, []string) {
 		if err != nil {
 			return exitError{code: 2, err: err}
 		}
+		survivePipes()
 		return serve(c.Context, cfg)
 	}
 	app := &cli.App{
@@ -250,11 +251,12 @@ func newLogger(format, level string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
 	}
 	opts := &slog.HandlerOptions{Level: lvl}
+	out := &logWriter{w: os.Stderr}
 	switch strings.ToLower(format) {
 	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+		return slog.New(slog.NewTextHandler(out, opts)), nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+		return slog.New(slog.NewJSONHandler(out, opts)), nil
 	}
 	return nil, fmt.Errorf("log format %q: want text or json", format)
 }
