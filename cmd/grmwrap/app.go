@@ -119,7 +119,7 @@ func newApp(args []string) (*cli.App, []string) {
 				Usage:     "start a new generation of the server of PID and move new flows to it",
 				UsageText: "grmwrap upgrade PID [--timeout DUR] [-- COMMAND [ARG...]]",
 				Flags: []cli.Flag{
-					&cli.DurationFlag{Name: "timeout", Usage: "longest wait for the new generation to be ready (default: the supervisor's --ready-timeout)"},
+					&cli.DurationFlag{Name: "timeout", Usage: "longest wait for the new generation to be ready (default: the supervisor's --ready-timeout); the client waits this plus 30s for the answer, without --timeout at most 5m"},
 					&cli.StringFlag{Name: "runtime-dir", Value: "/run/grmwrap", Usage: "where supervisors keep their control sockets"},
 				},
 				Action: func(c *cli.Context) error { return runUpgrade(c, command, dashes) },

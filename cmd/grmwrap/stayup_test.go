@@ -2,7 +2,10 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -10,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/grmwrap/grmwrap/internal/nstest"
 	"github.com/grmwrap/grmwrap/internal/testbin"
@@ -118,4 +123,197 @@ func TestClosedStderrPipe(t *testing.T) {
 	if s.g.Exited() {
 		t.Fatalf("grmwrap died: %v", s.g.Cmd.ProcessState)
 	}
+}
+
+// dialControl connects to the supervisor's control socket.
+func (s *svc) dialControl() *net.UnixConn {
+	s.t.Helper()
+	c, err := net.DialTimeout("unix", controlPath(s.dir, s.pid), wait)
+	if err != nil {
+		s.t.Fatalf("connect to the control socket: %v", err)
+	}
+	s.t.Cleanup(func() { c.Close() })
+	return c.(*net.UnixConn)
+}
+
+// answerOf reads one answer line from c (hang guard: hang).
+func answerOf(t *testing.T, c net.Conn) string {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(hang)) // a failure shows in the read
+	l, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Errorf("read the answer: %v (read so far %q)", err, l)
+	}
+	return l
+}
+
+// procKiB reads a "Name:  N kB" field of /proc/PID/status.
+func procKiB(t *testing.T, pid int, name string) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, name+":"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", name, pid)
+	return 0
+}
+
+// TestControlAcceptErrors (issue 10, case 8a): the supervisor runs out of
+// fds (its RLIMIT_NOFILE lowered), so accepting a control connection fails
+// with EMFILE. That is logged, and once fds are free again the control
+// socket answers: it does not die for good.
+func TestControlAcceptErrors(t *testing.T) {
+	if !nstest.Enter(t) {
+		return
+	}
+	port := testbin.FreeUDPPort(t)
+	s := startSvc(t, port, nil, testbin.EchoC(t), strconv.Itoa(port))
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", s.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var old unix.Rlimit
+	low := unix.Rlimit{Cur: uint64(len(fds)), Max: uint64(len(fds))}
+	if err := unix.Prlimit(s.pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
+		t.Fatal(err)
+	}
+	low.Max = old.Max
+	if err := unix.Prlimit(s.pid, unix.RLIMIT_NOFILE, &low, nil); err != nil {
+		t.Fatal(err)
+	}
+	restore := func() {
+		if err := unix.Prlimit(s.pid, unix.RLIMIT_NOFILE, &old, nil); err != nil {
+			t.Errorf("restore the fd limit: %v", err)
+		}
+	}
+	const logged = `msg="control socket: accept failed, retrying"`
+	var conns []net.Conn
+	for i := 0; i < 20 && !strings.Contains(s.g.Stderr(), logged); i++ {
+		conns = append(conns, s.dialControl())
+		guard := time.Now().Add(time.Second)
+		for !strings.Contains(s.g.Stderr(), logged) && time.Now().Before(guard) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	restore()
+	for _, c := range conns {
+		c.Close()
+	}
+	t.Logf("%d connections opened with RLIMIT_NOFILE %d", len(conns), low.Cur)
+	if r := runCLI(t, "status", "--runtime-dir", s.dir, strconv.Itoa(s.pid)); r.code != 0 {
+		t.Errorf("status after the fds were free again: %v", r)
+	}
+	if l := s.g.Stderr(); !strings.Contains(l, logged) || !strings.Contains(l, "too many open files") {
+		t.Errorf("no log line %s with EMFILE; grmwrap's log:\n%s", logged, l)
+	}
+}
+
+// TestControlRequestTooLarge (issue 10, case 8b): a request of 16 MiB
+// without an end gets the size error, and the supervisor's memory does not
+// grow with it.
+func TestControlRequestTooLarge(t *testing.T) {
+	if !nstest.Enter(t) {
+		return
+	}
+	port := testbin.FreeUDPPort(t)
+	s := startSvc(t, port, nil, testbin.EchoC(t), strconv.Itoa(port))
+	_ = s.status() // the status path has run once before the measure
+	before := procKiB(t, s.pid, "VmHWM")
+	c := s.dialControl()
+	big := append([]byte(`{"op":"upgrade","argv":["`), bytes.Repeat([]byte("a"), 16<<20)...)
+	_ = c.SetWriteDeadline(time.Now().Add(hang)) // a hang shows as a write error, ignored like any other
+	_, err := c.Write(big)
+	t.Logf("write of %d bytes: %v", len(big), err) // EPIPE once the supervisor gave up is expected
+	_ = c.CloseWrite()                             // ENOTCONN after EPIPE is fine
+	oneLineWith(t, "answer to a 16 MiB request", answerOf(t, c), "request too large (limit 64 KiB)")
+	after := procKiB(t, s.pid, "VmHWM")
+	t.Logf("supervisor VmHWM %d kB before, %d kB after; VmRSS %d kB", before, after, procKiB(t, s.pid, "VmRSS"))
+	if after-before > 4<<10 {
+		t.Errorf("supervisor's peak RSS grew by %d kB for one request, want at most 4 MiB", after-before)
+	}
+	if st := s.status(); st.WorkingGeneration != 1 {
+		t.Errorf("working generation %d, want 1", st.WorkingGeneration)
+	}
+}
+
+// TestControlIdleClient (issue 10, case 8c): a client that connects and
+// sends nothing is dropped after the request deadline (10s), and other
+// requests are answered meanwhile.
+func TestControlIdleClient(t *testing.T) {
+	if !nstest.Enter(t) {
+		return
+	}
+	port := testbin.FreeUDPPort(t)
+	s := startSvc(t, port, nil, testbin.EchoC(t), strconv.Itoa(port))
+	idle := s.dialControl()
+	for range 3 {
+		if st := s.status(); st.WorkingGeneration != 1 {
+			t.Errorf("working generation %d, want 1", st.WorkingGeneration)
+		}
+	}
+	oneLineWith(t, "answer to a client that sent nothing", answerOf(t, idle), "no request within 10s")
+	_ = idle.SetReadDeadline(time.Now().Add(hang)) // a failure shows in the read
+	if n, err := idle.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Errorf("idle connection not closed after the answer: read %d, %v", n, err)
+	}
+}
+
+// TestUpgradeClientBoundedWait (issue 10, case 8d): against a supervisor
+// that accepts and never answers, `upgrade --timeout 1s` and `status` end
+// with exit 2 and one line that says what they waited for.
+func TestUpgradeClientBoundedWait(t *testing.T) {
+	if !nstest.Enter(t) {
+		return
+	}
+	sleeper := exec.Command("sleep", "600")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = sleeper.Process.Kill() // gone already is fine
+		_ = sleeper.Wait()         // its status is of no interest
+	})
+	pid := sleeper.Process.Pid
+	dir := t.TempDir()
+	ln, err := net.Listen("unix", controlPath(dir, pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		var held []net.Conn // accepted and never answered
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return // closed by the cleanup
+			}
+			held = append(held, c)
+		}
+	}()
+	p := strconv.Itoa(pid)
+	r := runCLI(t, "upgrade", "--runtime-dir", dir, "--timeout", "1s", p)
+	if r.code != 2 {
+		t.Errorf("upgrade against a silent supervisor: %v, want exit 2", r)
+	}
+	oneLineWith(t, "upgrade's error", r.stderr, "no answer from the grmwrap supervisor (pid "+p+") within 31s",
+		"the upgrade may still be running: see `grmwrap status "+p+"`", "pass --timeout")
+	r = runCLI(t, "status", "--runtime-dir", dir, p)
+	if r.code != 2 {
+		t.Errorf("status against a silent supervisor: %v, want exit 2", r)
+	}
+	oneLineWith(t, "status's error", r.stderr, "no answer from the grmwrap supervisor (pid "+p+") to a status request within 10s")
 }
