@@ -97,6 +97,7 @@ func newApp(args []string) (*cli.App, []string) {
 		if err != nil {
 			return exitError{code: 2, err: err}
 		}
+		survivePipes()
 		return serve(c.Context, cfg)
 	}
 	app := &cli.App{
@@ -118,7 +119,7 @@ func newApp(args []string) (*cli.App, []string) {
 				Usage:     "start a new generation of the server of PID and move new flows to it",
 				UsageText: "grmwrap upgrade PID [--timeout DUR] [-- COMMAND [ARG...]]",
 				Flags: []cli.Flag{
-					&cli.DurationFlag{Name: "timeout", Usage: "longest wait for the new generation to be ready (default: the supervisor's --ready-timeout)"},
+					&cli.DurationFlag{Name: "timeout", Usage: "longest wait for the new generation to be ready (default: the supervisor's --ready-timeout); the client waits this plus 30s for the answer, without --timeout at most 5m"},
 					&cli.StringFlag{Name: "runtime-dir", Value: "/run/grmwrap", Usage: "where supervisors keep their control sockets"},
 				},
 				Action: func(c *cli.Context) error { return runUpgrade(c, command, dashes) },
@@ -250,11 +251,12 @@ func newLogger(format, level string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
 	}
 	opts := &slog.HandlerOptions{Level: lvl}
+	out := &logWriter{w: os.Stderr}
 	switch strings.ToLower(format) {
 	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+		return slog.New(slog.NewTextHandler(out, opts)), nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+		return slog.New(slog.NewJSONHandler(out, opts)), nil
 	}
 	return nil, fmt.Errorf("log format %q: want text or json", format)
 }

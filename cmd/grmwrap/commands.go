@@ -14,6 +14,17 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+// The client's bounds of waiting for the supervisor's answer.
+const (
+	// upgradeWait is the wait of `upgrade` without --timeout.
+	upgradeWait = 5 * time.Minute
+	// upgradeMargin is added to --timeout: time to stop a generation
+	// that failed and to answer.
+	upgradeMargin = 30 * time.Second
+	// statusWait is the wait of `status`, per supervisor.
+	statusWait = 10 * time.Second
+)
+
 // runUpgrade asks the supervisor of PID for a new generation. Exit 0: the
 // new generation works; 1: it failed and was rolled back; 2: usage or
 // connection errors.
@@ -32,16 +43,22 @@ func runUpgrade(c *cli.Context, command []string, dashes bool) error {
 	if err != nil {
 		return exitError{code: 2, err: err}
 	}
-	timeout := c.Duration("timeout")
 	req := request{Op: "upgrade", Argv: command}
-	if timeout > 0 {
+	// The supervisor enforces the readiness deadline and rolls back; the
+	// client only bounds its own wait. With --timeout: that deadline plus
+	// a margin for stopping a failed generation. Without: the supervisor's
+	// --ready-timeout is not known here, so a fixed default that covers
+	// readiness timeouts up to a few minutes.
+	wait := upgradeWait
+	if timeout := c.Duration("timeout"); timeout > 0 {
 		req.Timeout = timeout.String()
-	} else {
-		timeout = 24 * time.Hour // the supervisor's --ready-timeout bounds it
+		wait = timeout + upgradeMargin
 	}
-	// The supervisor enforces the deadline and rolls back; the margin
-	// covers stopping the failed generation.
-	resp, err := call(path, req, timeout+time.Minute)
+	resp, err := call(path, req, wait)
+	if errors.Is(err, errNoAnswer) {
+		pid := pidOfControl(path)
+		return exitError{code: 2, err: fmt.Errorf("no answer from the grmwrap supervisor (pid %d) within %v while it started and checked the new generation; the upgrade may still be running: see `grmwrap status %d`; pass --timeout for a longer readiness", pid, wait, pid)}
+	}
 	if err != nil {
 		return exitError{code: 2, err: err}
 	}
@@ -85,7 +102,10 @@ func runStatus(c *cli.Context) error {
 	var all []Status
 	var errs []error
 	for _, p := range paths {
-		resp, err := call(p, request{Op: "status"}, 10*time.Second)
+		resp, err := call(p, request{Op: "status"}, statusWait)
+		if errors.Is(err, errNoAnswer) {
+			err = fmt.Errorf("no answer from the grmwrap supervisor (pid %d) to a status request within %v", pidOfControl(p), statusWait)
+		}
 		if err == nil && !resp.OK {
 			err = errors.New(resp.Error)
 		}
