@@ -21,12 +21,36 @@ var TrappedOptions = []int{
 	unix.SO_DETACH_REUSEPORT_BPF,
 }
 
-// FilterProgram builds grmwrap's seccomp filter with libseccomp and returns
-// it as classic BPF: bind always notifies, setsockopt notifies for
-// SOL_SOCKET with one of TrappedOptions, everything else is allowed. A
-// syscall of a foreign architecture kills the process (it could bypass the
-// filter's argument checks).
+// IOUringSyscalls are refused with EPERM unless FilterOptions.AllowIOUring:
+// an io_uring ring runs socket operations (IORING_OP_URING_CMD with
+// SOCKET_URING_OP_SETSOCKOPT, IORING_OP_BIND) in the kernel without a
+// system call the filter could see, so a server with a ring could detach
+// or replace the steering program. EPERM is what container runtimes'
+// default profiles and kernel.io_uring_disabled give, so servers fall back
+// to plain system calls. io_uring_enter and io_uring_register are refused
+// too: a ring fd could come from elsewhere (inherited, or over SCM_RIGHTS).
+var IOUringSyscalls = []string{"io_uring_setup", "io_uring_enter", "io_uring_register"}
+
+// FilterOptions change what FilterProgramWith builds.
+type FilterOptions struct {
+	// AllowIOUring lets the server use io_uring, and with it bypass the
+	// trapped setsockopt and bind (an explicit opt-in: --allow-io-uring).
+	AllowIOUring bool
+}
+
+// FilterProgram builds the default filter (FilterProgramWith with zero
+// options).
 func FilterProgram() ([]unix.SockFilter, error) {
+	return FilterProgramWith(FilterOptions{})
+}
+
+// FilterProgramWith builds grmwrap's seccomp filter with libseccomp and
+// returns it as classic BPF: bind always notifies, setsockopt notifies for
+// SOL_SOCKET with one of TrappedOptions, the io_uring system calls fail
+// with EPERM unless o.AllowIOUring, everything else is allowed. A syscall
+// of a foreign architecture kills the process (it could bypass the
+// filter's argument checks).
+func FilterProgramWith(o FilterOptions) ([]unix.SockFilter, error) {
 	f, err := seccomp.NewFilter(seccomp.ActAllow)
 	if err != nil {
 		return nil, fmt.Errorf("new seccomp filter: %w", err)
@@ -59,6 +83,17 @@ func FilterProgram() ([]unix.SockFilter, error) {
 		}
 		if err := f.AddRuleConditional(setsockopt, seccomp.ActNotify, []seccomp.ScmpCondition{level, name}); err != nil {
 			return nil, fmt.Errorf("add setsockopt rule: %w", err)
+		}
+	}
+	if !o.AllowIOUring {
+		for _, name := range IOUringSyscalls {
+			nr, err := seccomp.GetSyscallFromName(name)
+			if err != nil {
+				return nil, fmt.Errorf("resolve %s: %w", name, err)
+			}
+			if err := f.AddRule(nr, seccomp.ActErrno.SetReturnCode(int16(unix.EPERM))); err != nil {
+				return nil, fmt.Errorf("add %s rule: %w", name, err)
+			}
 		}
 	}
 	return exportBPF(f)

@@ -79,7 +79,13 @@ func vmInput(d seccompData) []byte {
 // x/net/bpf's VM.
 func filterVM(t *testing.T) (*bpf.VM, []bpf.Instruction) {
 	t.Helper()
-	prog, err := FilterProgram()
+	return filterVMWith(t, FilterOptions{})
+}
+
+// filterVMWith is filterVM for the program FilterProgramWith(o) builds.
+func filterVMWith(t *testing.T, o FilterOptions) (*bpf.VM, []bpf.Instruction) {
+	t.Helper()
+	prog, err := FilterProgramWith(o)
 	if err != nil {
 		t.Fatalf("FilterProgram: %v", err)
 	}
@@ -225,6 +231,50 @@ func TestFilterProgramActions(t *testing.T) {
 	}
 }
 
+// TestFilterProgramIOUring: a ring would run socket operations the filter
+// never sees, so by default the three io_uring system calls fail with EPERM
+// (whatever their arguments); with AllowIOUring they are allowed, and the
+// trapped calls are trapped as before.
+func TestFilterProgramIOUring(t *testing.T) {
+	arch := nativeAuditArch(t)
+	calls := map[string]int32{
+		"io_uring_setup":    unix.SYS_IO_URING_SETUP,
+		"io_uring_enter":    unix.SYS_IO_URING_ENTER,
+		"io_uring_register": unix.SYS_IO_URING_REGISTER,
+	}
+	eperm := unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)
+	for _, tc := range []struct {
+		name string
+		o    FilterOptions
+		want uint32
+	}{
+		{"default", FilterOptions{}, eperm},
+		{"allow-io-uring", FilterOptions{AllowIOUring: true}, unix.SECCOMP_RET_ALLOW},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vm, insns := filterVMWith(t, tc.o)
+			for name, nr := range calls {
+				for _, args := range [][6]uint64{{}, {8, 0x7fff0000}, {^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0)}} {
+					if got := runFilter(t, vm, seccompData{Nr: nr, Arch: arch, Args: args}); got != tc.want {
+						t.Errorf("%s%v: action = %#x (%s), want %#x (%s)\n%s", name, args, got, actionName(got), tc.want, actionName(tc.want), listing(insns))
+					}
+				}
+			}
+			bind := seccompData{Nr: unix.SYS_BIND, Arch: arch, Args: [6]uint64{3, 0x7fff1000, 16}}
+			if got := runFilter(t, vm, bind); got != unix.SECCOMP_RET_USER_NOTIF {
+				t.Errorf("bind: action = %s, want USER_NOTIF", actionName(got))
+			}
+			detach := seccompData{Nr: unix.SYS_SETSOCKOPT, Arch: arch, Args: [6]uint64{3, unix.SOL_SOCKET, unix.SO_DETACH_REUSEPORT_BPF}}
+			if got := runFilter(t, vm, detach); got != unix.SECCOMP_RET_USER_NOTIF {
+				t.Errorf("setsockopt SO_DETACH_REUSEPORT_BPF: action = %s, want USER_NOTIF", actionName(got))
+			}
+			if got := runFilter(t, vm, seccompData{Nr: unix.SYS_READ, Arch: arch}); got != unix.SECCOMP_RET_ALLOW {
+				t.Errorf("read: action = %s, want ALLOW", actionName(got))
+			}
+		})
+	}
+}
+
 // TestFilterProgramX32 checks x32 system calls (amd64 only). The kernel
 // reports an x32 call with arch AUDIT_ARCH_X86_64 and nr | __X32_SYSCALL_BIT,
 // so an arch check alone does not keep x32's bind out. libseccomp, built for
@@ -334,7 +384,8 @@ func TestFilterProgramSeccompShape(t *testing.T) {
 			t.Errorf("instruction %d: %v: not allowed in a seccomp filter", i, ins)
 		case bpf.RetConstant:
 			switch ins.Val {
-			case unix.SECCOMP_RET_ALLOW, unix.SECCOMP_RET_USER_NOTIF, unix.SECCOMP_RET_KILL_PROCESS:
+			case unix.SECCOMP_RET_ALLOW, unix.SECCOMP_RET_USER_NOTIF, unix.SECCOMP_RET_KILL_PROCESS,
+				unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM): // io_uring
 			default:
 				t.Errorf("instruction %d: returns %#x (%s)", i, ins.Val, actionName(ins.Val))
 			}

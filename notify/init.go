@@ -80,7 +80,7 @@ func decodeCredential(s string) (*Credential, error) {
 }
 
 // RunInit is the init stage: os.Args is [self, InitArg, credential, mode,
-// path, argv...], mode "killable" or "plain" (see Spec.NoWaitKillable). It installs the filter on this (locked) thread, hands the
+// path, argv...], mode "killable" or "plain" (see Spec.NoWaitKillable), followed by ",io_uring" with Spec.AllowIOUring. It installs the filter on this (locked) thread, hands the
 // listener to the supervisor, drops privileges and execs the server. It
 // returns only on failure, after telling the supervisor why; the caller
 // exits non-zero.
@@ -90,18 +90,19 @@ func RunInit() error {
 	}
 	// The socketpair end must not reach the server: close it on exec.
 	unix.CloseOnExec(initFD)
-	err := runInit(os.Args[2], os.Args[3] == "killable", os.Args[4], os.Args[5:])
+	mode, flags, _ := strings.Cut(os.Args[3], ",")
+	err := runInit(os.Args[2], mode == "killable", flags == "io_uring", os.Args[4], os.Args[5:])
 	// Tell the supervisor; if it is gone there is no one to tell.
 	_, _ = unix.Write(initFD, []byte("error:"+err.Error()))
 	return err
 }
 
-func runInit(credArg string, wantKillable bool, path string, argv []string) error {
+func runInit(credArg string, wantKillable, allowIOUring bool, path string, argv []string) error {
 	cred, err := decodeCredential(credArg)
 	if err != nil {
 		return err
 	}
-	prog, err := FilterProgram()
+	prog, err := FilterProgramWith(FilterOptions{AllowIOUring: allowIOUring})
 	if err != nil {
 		return err
 	}

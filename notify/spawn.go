@@ -27,6 +27,8 @@ type Spec struct {
 	// where the kernel has it, as kernels before 5.19 do: tests use it to
 	// exercise the re-delivered bind.
 	NoWaitKillable bool
+	// AllowIOUring leaves io_uring to the server (see FilterOptions).
+	AllowIOUring bool
 	// Files are the server's stdin, stdout and stderr.
 	Files [3]*os.File
 }
@@ -81,6 +83,9 @@ func Start(spec Spec) (*Child, error) {
 	mode := "killable"
 	if spec.NoWaitKillable {
 		mode = "plain"
+	}
+	if spec.AllowIOUring {
+		mode += ",io_uring"
 	}
 	args := append([]string{spec.Self, InitArg, spec.Cred.encode(), mode, spec.Path}, spec.Argv...)
 	proc, err := startIdle(func() (*os.Process, error) {

@@ -36,6 +36,7 @@ func runFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "listen", Usage: "UDP address to manage, repeatable: HOST:PORT, :PORT, [::]:PORT (default: every UDP bind to a non-zero port)"},
 		&cli.StringFlag{Name: "user", Usage: "run instances as `USER[:GROUP]`"},
 		&cli.BoolFlag{Name: "tcp-reuseport", Usage: "give TCP binds to managed addresses SO_REUSEPORT, so that a new generation can bind the TCP port the old one listens on (servers like dnsmasq listen on both); TCP is not steered"},
+		&cli.BoolFlag{Name: "allow-io-uring", Usage: "let the server use io_uring (refused with EPERM by default, as in containers): its ring can then set socket options and bind without a system call the filter sees, so it can bypass the trapped setsockopt and bind and detach the steering program; for servers whose io_uring speed matters more than that guarantee"},
 		&cli.StringFlag{Name: "dissector", Value: "flow", Usage: "what a flow is: flow (4-tuple table) or noop (none: every packet to the working generation)"},
 		&cli.DurationFlag{Name: "flow-timeout", Value: 125 * time.Second, Usage: "idle time after which a flow is over"},
 		&cli.UintFlag{Name: "max-flows", Value: 65536, Usage: "live flows the flow table holds (it has twice as many 64-byte entries, a power of two)"},
@@ -163,6 +164,7 @@ type runConfig struct {
 	maxFlows     uint32
 	name         string
 	tcpReuseport bool
+	allowIOUring bool // --allow-io-uring
 	runtimeDir   string
 	metricsAddr  string // --metrics-listen; "" is off
 	ready        readySpec
@@ -222,6 +224,7 @@ func runConfigFrom(c *cli.Context, command []string) (runConfig, error) {
 		runtimeDir:   c.String("runtime-dir"),
 		metricsAddr:  c.String("metrics-listen"),
 		tcpReuseport: c.Bool("tcp-reuseport"),
+		allowIOUring: c.Bool("allow-io-uring"),
 		log:          log,
 	}, nil
 }

@@ -45,6 +45,11 @@ func prepare(cfg runConfig) (notify.Spec, notify.Matcher, error) {
 		Env:   withoutEnv(os.Environ(), "NOTIFY_SOCKET"),
 		Cred:  cred,
 		Files: [3]*os.File{os.Stdin, os.Stdout, os.Stderr},
+		// Off by default: a ring bypasses the trapped calls.
+		AllowIOUring: cfg.allowIOUring,
+	}
+	if cfg.allowIOUring && cfg.log != nil {
+		cfg.log.Warn("--allow-io-uring: the server may use io_uring, which can set socket options and bind without the filter seeing it (it could detach the steering program)")
 	}
 	return spec, notify.NewMatcher(entries), nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/grmwrap/grmwrap/generations"
+	"github.com/grmwrap/grmwrap/notify"
 )
 
 // readyMode is how --ready decides that a new generation is ready.
@@ -111,20 +113,156 @@ func (r execReadiness) Wait(ctx context.Context, gen uint32, p generations.Proce
 // notifySockets gives every instance a private NOTIFY_SOCKET and records
 // READY=1 from it: the sd_notify protocol, so an unmodified server that
 // supports systemd's Type=notify tells grmwrap when it is ready.
+//
+// Only the generation itself may make it ready: the directory is mode 0700
+// and each socket 0600, both owned by the server's user (--user) so only
+// that user and root can reach them; the socket has SO_PASSCRED, and a
+// datagram counts only when the kernel-given sender pid belongs to the
+// generation (belongs). Anything else is dropped with a rate-limited warning.
 type notifySockets struct {
 	dir string
+	log *slog.Logger
+	// owner, when not nil, owns the directory and the sockets (--user).
+	owner *notify.Credential
+	// belongs says whether pid is a process of generation gen. It is the
+	// one membership check: replace it (a cgroup of the generation, say)
+	// without touching the rest.
+	belongs func(gen uint32, pid int) bool
 
 	mu    sync.Mutex
 	ready map[uint32]chan struct{}
 	conns map[uint32]*os.File
+	// mains are the instances' main pids; known is closed once gen's is
+	// set (a READY=1 can come before Launch has recorded the pid).
+	mains map[uint32]int
+	known map[uint32]chan struct{}
+	// Rate limit of the warning about foreign senders.
+	lastWarn time.Time
+	dropped  int
 }
 
-func newNotifySockets(runtimeDir string) (*notifySockets, error) {
+// foreignWarnEvery is the least time between two warnings about datagrams
+// from outside a generation: a flood of them must not flood the log.
+const foreignWarnEvery = 10 * time.Second
+
+func newNotifySockets(runtimeDir string, log *slog.Logger, owner *notify.Credential) (*notifySockets, error) {
 	dir := filepath.Join(runtimeDir, fmt.Sprintf("notify-%d", os.Getpid()))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(runtimeDir, 0o755); err != nil {
 		return nil, fmt.Errorf("notify socket directory: %w", err)
 	}
-	return &notifySockets{dir: dir, ready: make(map[uint32]chan struct{}), conns: make(map[uint32]*os.File)}, nil
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, fmt.Errorf("notify socket directory: %w", err)
+	}
+	// A leftover of a crashed supervisor with our pid gets the same
+	// treatment; a non-directory there is refused.
+	if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("notify socket directory %s: not a directory", dir)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("notify socket directory mode: %w", err)
+	}
+	if owner != nil {
+		if err := os.Lchown(dir, int(owner.UID), int(owner.GID)); err != nil {
+			return nil, fmt.Errorf("notify socket directory owner: %w", err)
+		}
+	}
+	n := &notifySockets{
+		dir: dir, log: log, owner: owner,
+		ready: make(map[uint32]chan struct{}), conns: make(map[uint32]*os.File),
+		mains: make(map[uint32]int), known: make(map[uint32]chan struct{}),
+	}
+	n.belongs = n.inProcessTree
+	return n, nil
+}
+
+// started records gen's main pid. Safe on a nil receiver.
+func (n *notifySockets) started(gen uint32, pid int) {
+	if n == nil {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, ok := n.mains[gen]; ok {
+		return
+	}
+	n.mains[gen] = pid
+	if c := n.known[gen]; c != nil {
+		close(c)
+	}
+}
+
+// knownChan is closed once gen's main pid is recorded.
+func (n *notifySockets) knownChan(gen uint32) chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c := n.known[gen]
+	if c == nil {
+		c = make(chan struct{})
+		n.known[gen] = c
+		if _, ok := n.mains[gen]; ok {
+			close(c)
+		}
+	}
+	return c
+}
+
+// maxTreeDepth bounds the walk up the parent chain.
+const maxTreeDepth = 64
+
+// inProcessTree is the default membership check: pid is gen's main pid or
+// a descendant of it (its parent chain in /proc reaches the main pid). A
+// sender that exited and was reaped before the check is not found: send
+// READY=1 from a process that lives on (the server itself).
+func (n *notifySockets) inProcessTree(gen uint32, pid int) bool {
+	n.mu.Lock()
+	main := n.mains[gen]
+	n.mu.Unlock()
+	if main <= 0 {
+		return false
+	}
+	for i := 0; i < maxTreeDepth && pid > 1; i++ {
+		if pid == main {
+			return true
+		}
+		ppid, err := parentPid(pid)
+		if err != nil {
+			return false
+		}
+		pid = ppid
+	}
+	return false
+}
+
+// parentPid reads the parent of pid from /proc/PID/stat.
+func parentPid(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read parent of %d: %w", pid, err)
+	}
+	// The command name may hold spaces and parentheses: fields start after
+	// the last ')'. Then: state, ppid.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 2 {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	return strconv.Atoi(f[1])
+}
+
+// foreign logs a dropped datagram, at most once per foreignWarnEvery.
+func (n *notifySockets) foreign(gen uint32, pid int32, uid uint32) {
+	n.mu.Lock()
+	n.dropped++
+	now := time.Now()
+	if !n.lastWarn.IsZero() && now.Sub(n.lastWarn) < foreignWarnEvery {
+		n.mu.Unlock()
+		return
+	}
+	count := n.dropped
+	n.dropped = 0
+	n.lastWarn = now
+	n.mu.Unlock()
+	n.log.Warn("notify socket: dropped a datagram from a process outside the generation", "generation", gen, "sender_pid", pid, "sender_uid", uid, "dropped", count)
 }
 
 // open creates generation gen's socket and returns its environment entry.
@@ -138,27 +276,72 @@ func (n *notifySockets) open(gen uint32) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("notify socket: %w", err)
 	}
+	// The kernel then attaches every sender's real pid, uid and gid.
+	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_PASSCRED, 1); err != nil {
+		syscall.Close(fd)
+		return "", fmt.Errorf("notify socket credentials: %w", err)
+	}
 	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
 		syscall.Close(fd)
 		return "", fmt.Errorf("bind notify socket: %w", err)
 	}
-	// Any user the instance runs as may send to it.
-	if err := os.Chmod(path, 0o666); err != nil {
+	// Only the server's user (and root) may send to it.
+	if err := os.Chmod(path, 0o600); err != nil {
 		syscall.Close(fd)
 		return "", fmt.Errorf("notify socket mode: %w", err)
 	}
+	if n.owner != nil {
+		if err := os.Lchown(path, int(n.owner.UID), int(n.owner.GID)); err != nil {
+			syscall.Close(fd)
+			return "", fmt.Errorf("notify socket owner: %w", err)
+		}
+	}
 	f := os.NewFile(uintptr(fd), path)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return "", fmt.Errorf("notify socket: %w", err)
+	}
 	ch := make(chan struct{})
+	known := n.knownChan(gen)
 	n.mu.Lock()
 	n.ready[gen] = ch
 	n.conns[gen] = f
 	n.mu.Unlock()
 	go func() {
 		buf := make([]byte, 4096)
+		oob := make([]byte, syscall.CmsgSpace(syscall.SizeofUcred))
 		for {
-			k, err := f.Read(buf)
+			var k, oobn int
+			var rerr error
+			err := rc.Read(func(fd uintptr) bool {
+				k, oobn, _, _, rerr = syscall.Recvmsg(int(fd), buf, oob, 0)
+				return rerr != syscall.EAGAIN
+			})
 			if err != nil {
 				return // closed
+			}
+			if rerr != nil {
+				n.log.Debug("notify socket receive", "generation", gen, "err", rerr)
+				continue
+			}
+			cred := senderOf(oob[:oobn])
+			if cred == nil {
+				n.foreign(gen, 0, ^uint32(0))
+				continue
+			}
+			// The main pid is recorded right after the start; a fast
+			// READY=1 waits for it (the socket closes if the start fails).
+			<-known
+			n.mu.Lock()
+			open := n.conns[gen] != nil
+			n.mu.Unlock()
+			if !open {
+				return // closed while waiting
+			}
+			if !n.belongs(gen, int(cred.Pid)) {
+				n.foreign(gen, cred.Pid, cred.Uid)
+				continue
 			}
 			for _, line := range strings.Split(string(buf[:k]), "\n") {
 				if line == "READY=1" {
@@ -178,6 +361,20 @@ func (n *notifySockets) open(gen uint32) (string, error) {
 	return "NOTIFY_SOCKET=" + path, nil
 }
 
+// senderOf returns the SCM_CREDENTIALS in oob, nil without them.
+func senderOf(oob []byte) *syscall.Ucred {
+	msgs, err := syscall.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil // malformed: treated as no credentials
+	}
+	for i := range msgs {
+		if c, err := syscall.ParseUnixCredentials(&msgs[i]); err == nil {
+			return c
+		}
+	}
+	return nil
+}
+
 // close removes generation gen's socket. Safe on a nil receiver.
 func (n *notifySockets) close(gen uint32) {
 	if n == nil {
@@ -186,6 +383,14 @@ func (n *notifySockets) close(gen uint32) {
 	n.mu.Lock()
 	f := n.conns[gen]
 	delete(n.conns, gen)
+	// A reader waiting for the main pid wakes up and sees the socket gone.
+	if c := n.known[gen]; c != nil {
+		if _, ok := n.mains[gen]; !ok {
+			close(c)
+		}
+	}
+	delete(n.known, gen)
+	delete(n.mains, gen)
 	n.mu.Unlock()
 	if f != nil {
 		_ = os.Remove(f.Name()) // already gone is fine

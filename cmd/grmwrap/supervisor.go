@@ -144,6 +144,7 @@ func (s *supervisor) Launch(gen uint32, argv []string) (generations.Process, err
 	}
 	inst.proc = child.Process
 	inst.pid = child.Process.Pid
+	s.notifier.started(gen, inst.pid)
 	s.waiters[child.Process.Pid] = func(ws syscall.WaitStatus) {
 		inst.status = ws
 		s.handler.Forget(gen)
@@ -288,7 +289,7 @@ func serve(ctx context.Context, cfg runConfig) error {
 	s := newSupervisor(ctx, cfg.log, spec, m, dp.Steering)
 	s.handler.TCPReuseport = cfg.tcpReuseport
 	if cfg.ready.mode == readyNotify {
-		if s.notifier, err = newNotifySockets(cfg.runtimeDir); err != nil {
+		if s.notifier, err = newNotifySockets(cfg.runtimeDir, cfg.log, spec.Cred); err != nil {
 			return exitError{code: 2, err: err}
 		}
 		defer s.notifier.shutdown()

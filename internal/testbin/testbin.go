@@ -146,6 +146,7 @@ var (
 	echoCBin   = &binary{name: "echo-c", argv: gccBuild("testdata/servers/echo.c")}
 	echoGoBin  = &binary{name: "echo-go", argv: goBuild("./testdata/servers/echo-go")}
 	alarmBin   = &binary{name: "alrmbind", argv: gccBuild("testdata/servers/alrmbind.c")}
+	uringBin   = &binary{name: "uringdetach", argv: gccBuild("testdata/servers/uringdetach.c")}
 )
 
 // Grmwrap builds cmd/grmwrap and returns the absolute path of the binary.
@@ -156,6 +157,9 @@ func EchoC(t testing.TB) string { t.Helper(); return echoCBin.get(t) }
 
 // EchoGo builds the Go echo server (testdata/servers/echo-go).
 func EchoGo(t testing.TB) string { t.Helper(); return echoGoBin.get(t) }
+
+// UringDetach builds testdata/servers/uringdetach.c.
+func UringDetach(t testing.TB) string { t.Helper(); return uringBin.get(t) }
 
 // AlarmBind builds testdata/servers/alrmbind.c.
 func AlarmBind(t testing.TB) string { t.Helper(); return alarmBin.get(t) }
