@@ -16,9 +16,11 @@ import (
 
 // bind handles a trapped bind(fd, addr, addrlen). It answers CONTINUE for
 // every bind grmwrap does not manage, so the kernel gives the server its own
-// result. A managed bind is performed by grmwrap on its copy of the socket,
-// with SO_REUSEPORT set and the address it read (never re-read: another
-// thread may rewrite it), and the server gets that bind's result. The second
+// result. A managed bind is performed by grmwrap on a socket it creates and
+// installs at the server's fd number (or, when the server's socket has state
+// grmwrap cannot copy, on its copy of the server's socket), with
+// SO_REUSEPORT set and the address it read (never re-read: another thread
+// may rewrite it), and the server gets that bind's result. The second
 // result is true when the notification went stale and must not be answered.
 func (h *Handler) bind(ctx context.Context, n notification) (reply, bool) {
 	pidfd, err := openTarget(n.tid)

@@ -30,10 +30,10 @@ type sockOpt struct {
 	force int
 }
 
-// copiedOpts are the options a UDP server sets before bind. Anything the
-// server's socket has that this list does not carry over is detected by
-// the verification in copySocketState only for listed options; see
-// docs/faults.md for the state that makes grmwrap fall back.
+// copiedOpts are the socket options copied, when the server changed them,
+// from its socket onto grmwrap's. An option not listed here is not copied
+// (docs/faults.md, section 5); a listed one that cannot be set, or does not
+// read back equal, makes grmwrap bind the server's own socket instead.
 var copiedOpts = []sockOpt{
 	{unix.SOL_SOCKET, unix.SO_RCVBUF, "SO_RCVBUF", unix.SO_RCVBUFFORCE},
 	{unix.SOL_SOCKET, unix.SO_SNDBUF, "SO_SNDBUF", unix.SO_SNDBUFFORCE},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -154,6 +155,9 @@ func TestNeighbourCannotJoinGroup(t *testing.T) {
 	if got := fs.answers(t); got[server] != len(fs) {
 		t.Fatalf("before the neighbour: answers %v, want all %d from the server %s", got, len(fs), server)
 	}
+	if uid := procNetUID(t, port); uid != "0" {
+		t.Errorf("/proc/net/udp shows the managed socket with uid %s, want 0 (grmwrap's)", uid)
+	}
 	before := counterSum(s.status())
 	l := startIntruder(t, port)
 	got := fs.answers(t)
@@ -169,4 +173,23 @@ func TestNeighbourCannotJoinGroup(t *testing.T) {
 		t.Errorf("steering counters moved by %d for %d datagrams: the program no longer runs", after-before, len(fs))
 	}
 
+}
+
+// procNetUID returns the uid column of the UDP socket bound to port in
+// /proc/net/udp.
+func procNetUID(t *testing.T, port int) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/udp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := fmt.Sprintf(":%04X", port)
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(l)
+		if len(f) > 7 && strings.HasSuffix(f[1], local) {
+			return f[7]
+		}
+	}
+	t.Fatalf("no socket on port %d in /proc/net/udp", port)
+	return ""
 }
