@@ -195,6 +195,7 @@ func TestSocketStateCopied(t *testing.T) {
 		g, ok := strings.CutSuffix(g, "replaced="+strconv.FormatBool(replaced))
 		if !ok {
 			t.Errorf("%s: want replaced=%v, got %q", what, replaced, got[i])
+			continue
 		}
 		if g != w {
 			t.Errorf("%s: state after bind differs:\n  without grmwrap %s\n  under grmwrap   %s", what, want[i], got[i])
