@@ -88,6 +88,9 @@ func (h *Handler) bind(ctx context.Context, n notification) (reply, bool) {
 	if ownsCopy {
 		sock = -1 // owned by file now
 	}
+	// Logged before the registration, which may make the generation ready
+	// and flip it working: the log keeps the order of events.
+	h.log.Info("managed bind", "group", s.Group, "generation", s.Generation, "pid", s.PID, "inode", s.Inode)
 	if err := h.sink.AddSocket(ctx, s); err != nil {
 		// The socket is bound and serves; it is only not steered. Telling
 		// the server its bind failed would leave it with a bound socket it
@@ -95,7 +98,6 @@ func (h *Handler) bind(ctx context.Context, n notification) (reply, bool) {
 		h.log.Error("register managed socket", "group", s.Group, "generation", s.Generation, "err", err)
 	}
 	h.counters.bindManaged.Add(1)
-	h.log.Info("managed bind", "group", s.Group, "generation", s.Generation, "pid", s.PID, "inode", s.Inode)
 	return replyOK, false
 }
 
@@ -183,7 +185,7 @@ func (h *Handler) bindManaged(n notification, sock int, sa Sockaddr, raw []byte)
 		domain = unix.AF_INET6
 	}
 	bound, replaced := sock, false
-	own, err := newOwnSocket(sock, domain, nsfd, nsino)
+	own, err := newOwnSocket(sock, domain, unix.SOCK_DGRAM, unix.IPPROTO_UDP, nsfd, nsino)
 	if err != nil {
 		h.log.Warn("managed socket not protected against other processes of the server's user: grmwrap binds the server's own socket",
 			"group", key, "pid", n.tid, "reason", err)
@@ -424,7 +426,39 @@ func (h *Handler) bindTCP(n notification, sock int, sa Sockaddr) reply {
 		h.log.Info("refused tcp bind: the port is held by a socket grmwrap does not manage", "group", key, "holder_inode", holder, "pid", n.tid)
 		return replyErr(unix.EADDRINUSE)
 	}
-	if err := unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+	// As for UDP, the socket that joins the group is grmwrap's (owner uid
+	// 0), put in place of the server's; the kernel then binds it with the
+	// server's own rights (CONTINUE reads the fd afresh).
+	domain := unix.AF_INET
+	if sa.Family == generations.FamilyINET6 {
+		domain = unix.AF_INET6
+	}
+	target := sock
+	own, err := newOwnSocket(sock, domain, unix.SOCK_STREAM, unix.IPPROTO_TCP, nsfd, nsino)
+	if err == nil {
+		if err = unix.SetsockoptInt(own, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err == nil {
+			var cloexec bool
+			if cloexec, err = targetCloexec(n.tid, int(int32(n.args[0]))); err == nil {
+				err = installFD(int(n.fd), n.id, own, int(int32(n.args[0])), cloexec)
+			}
+		}
+		if err == nil {
+			target = own
+		}
+		defer unix.Close(own) // installed in the server, or not used
+		if err != nil && !n.valid() {
+			return replyContinue // gone: the answer is not delivered
+		}
+	}
+	if err != nil {
+		h.log.Warn("tcp socket not protected against other processes of the server's user: it keeps the server's own socket",
+			"group", key, "pid", n.tid, "reason", err)
+	}
+	if target == own {
+		if err := unix.Fstat(own, &st); err != nil {
+			h.log.Error("stat tcp socket", "err", err)
+		}
+	} else if err := unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
 		h.log.Error("tcp bind: set SO_REUSEPORT", "err", err)
 		return replyErr(unix.EAGAIN)
 	}

@@ -57,6 +57,12 @@ var copiedOpts = []sockOpt{
 	{unix.SOL_SOCKET, unix.SO_BUSY_POLL_BUDGET, "SO_BUSY_POLL_BUDGET", 0},
 	{unix.SOL_SOCKET, unix.SO_NOFCS, "SO_NOFCS", 0},
 	{unix.SOL_SOCKET, unix.SO_RCVMARK, "SO_RCVMARK", 0},
+	{unix.SOL_SOCKET, unix.SO_RCVTIMEO, "SO_RCVTIMEO", 0},
+	{unix.SOL_SOCKET, unix.SO_SNDTIMEO, "SO_SNDTIMEO", 0},
+	{unix.SOL_SOCKET, unix.SO_DONTROUTE, "SO_DONTROUTE", 0},
+	{unix.SOL_SOCKET, unix.SO_KEEPALIVE, "SO_KEEPALIVE", 0},
+	{unix.SOL_SOCKET, unix.SO_LINGER, "SO_LINGER", 0},
+	{unix.SOL_SOCKET, unix.SO_OOBINLINE, "SO_OOBINLINE", 0},
 	{unix.IPPROTO_IP, unix.IP_TOS, "IP_TOS", 0},
 	{unix.IPPROTO_IP, unix.IP_TTL, "IP_TTL", 0},
 	{unix.IPPROTO_IP, unix.IP_PKTINFO, "IP_PKTINFO", 0},
@@ -85,6 +91,29 @@ var copiedOpts = []sockOpt{
 	{unix.IPPROTO_UDP, unix.UDP_ENCAP, "UDP_ENCAP", 0},
 	{unix.IPPROTO_UDP, unix.UDP_NO_CHECK6_TX, "UDP_NO_CHECK6_TX", 0},
 	{unix.IPPROTO_UDP, unix.UDP_NO_CHECK6_RX, "UDP_NO_CHECK6_RX", 0},
+	// TCP options (getsockopt fails for them on a UDP socket, and for
+	// the UDP ones on a TCP socket: skipped).
+	{unix.IPPROTO_TCP, unix.TCP_NODELAY, "TCP_NODELAY", 0},
+	{unix.IPPROTO_TCP, unix.TCP_MAXSEG, "TCP_MAXSEG", 0},
+	{unix.IPPROTO_TCP, unix.TCP_CORK, "TCP_CORK", 0},
+	{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, "TCP_KEEPIDLE", 0},
+	{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, "TCP_KEEPINTVL", 0},
+	{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, "TCP_KEEPCNT", 0},
+	{unix.IPPROTO_TCP, unix.TCP_SYNCNT, "TCP_SYNCNT", 0},
+	{unix.IPPROTO_TCP, unix.TCP_LINGER2, "TCP_LINGER2", 0},
+	{unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, "TCP_DEFER_ACCEPT", 0},
+	{unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP, "TCP_WINDOW_CLAMP", 0},
+	{unix.IPPROTO_TCP, unix.TCP_QUICKACK, "TCP_QUICKACK", 0},
+	{unix.IPPROTO_TCP, unix.TCP_CONGESTION, "TCP_CONGESTION", 0},
+	{unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT", 0},
+	{unix.IPPROTO_TCP, unix.TCP_FASTOPEN, "TCP_FASTOPEN", 0},
+	{unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, "TCP_NOTSENT_LOWAT", 0},
+	{unix.IPPROTO_TCP, unix.TCP_FASTOPEN_CONNECT, "TCP_FASTOPEN_CONNECT", 0},
+	{unix.IPPROTO_TCP, unix.TCP_FASTOPEN_NO_COOKIE, "TCP_FASTOPEN_NO_COOKIE", 0},
+	{unix.IPPROTO_TCP, unix.TCP_THIN_LINEAR_TIMEOUTS, "TCP_THIN_LINEAR_TIMEOUTS", 0},
+	{unix.IPPROTO_TCP, unix.TCP_SAVE_SYN, "TCP_SAVE_SYN", 0},
+	{unix.IPPROTO_TCP, unix.TCP_TX_DELAY, "TCP_TX_DELAY", 0},
+	{unix.IPPROTO_TCP, unix.TCP_INQ, "TCP_INQ", 0},
 }
 
 // copiedOpts6 are the IPv6 options, read on AF_INET6 sockets only.
@@ -199,16 +228,17 @@ func copySocketState(src, dst, ref int, v6 bool) error {
 	return nil
 }
 
-// newOwnSocket creates grmwrap's UDP socket of family domain in the
-// network namespace nsfd and gives it the server socket src's state.
-func newOwnSocket(src, domain, nsfd int, nsino uint64) (int, error) {
+// newOwnSocket creates grmwrap's socket of family domain, type typ and
+// protocol proto in the network namespace nsfd and gives it the server
+// socket src's state.
+func newOwnSocket(src, domain, typ, proto, nsfd int, nsino uint64) (int, error) {
 	own := -1
 	err := runInNetNS(nsfd, nsino, func() error {
-		s, err := unix.Socket(domain, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+		s, err := unix.Socket(domain, typ|unix.SOCK_CLOEXEC, proto)
 		if err != nil {
 			return fmt.Errorf("create socket: %w", err)
 		}
-		ref, err := unix.Socket(domain, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+		ref, err := unix.Socket(domain, typ|unix.SOCK_CLOEXEC, proto)
 		if err != nil {
 			unix.Close(s)
 			return fmt.Errorf("create reference socket: %w", err)

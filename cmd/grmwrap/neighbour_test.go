@@ -20,14 +20,22 @@ import (
 // intruderPy binds 0.0.0.0:PORT with SO_REUSEPORT, attaches a classic BPF
 // reuseport program that always picks index 1 (itself, after the server's
 // socket), says "attached", and answers every datagram with "intruder".
+// With a second argument "tcp" it binds and listens on TCP instead and
+// says "listening".
 const intruderPy = `import ctypes, socket, struct, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+tcp = sys.argv[2:] == ["tcp"]
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 try:
     s.bind(("0.0.0.0", int(sys.argv[1])))
 except OSError as e:
     print("bind-error errno=%d" % e.errno, flush=True)
     sys.exit(3)
+if tcp:
+    s.listen(16)
+    print("listening", flush=True)
+    while True:
+        s.accept()[0].close()
 prog = (ctypes.c_uint64 * 1)(0x06 | (1 << 32))  # BPF_RET|BPF_K 1
 s.setsockopt(socket.SOL_SOCKET, 51, struct.pack("HxxxxxxQ", 1, ctypes.addressof(prog)))  # SO_ATTACH_REUSEPORT_CBPF
 print("attached", flush=True)
@@ -37,7 +45,7 @@ while True:
 `
 
 // startIntruder runs intruderPy as nobody on port and returns its first line.
-func startIntruder(t *testing.T, port int) string {
+func startIntruder(t *testing.T, port int, args ...string) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "grmwrap-intruder-")
 	if err != nil {
@@ -51,7 +59,7 @@ func startIntruder(t *testing.T, port int) string {
 	if err := os.WriteFile(script, []byte(intruderPy), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("/usr/bin/python3", script, strconv.Itoa(port))
+	cmd := exec.Command("/usr/bin/python3", append([]string{script, strconv.Itoa(port)}, args...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -192,4 +200,35 @@ func procNetUID(t *testing.T, port int) string {
 	}
 	t.Fatalf("no socket on port %d in /proc/net/udp", port)
 	return ""
+}
+
+// TestNeighbourCannotJoinTCPGroup: with --tcp-reuseport the TCP listener's
+// port is shared between generations, but not with a process of the
+// server's user outside the service: its SO_REUSEPORT bind gets
+// EADDRINUSE, as without grmwrap.
+func TestNeighbourCannotJoinTCPGroup(t *testing.T) {
+	if !nstest.Enter(t) {
+		return
+	}
+	echo := testbin.WorldExecutable(t, testbin.EchoC(t))
+	port := testbin.FreeUDPPort(t)
+	plain := exec.Command(echo, "--tcp", strconv.Itoa(port))
+	plain.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	testbin.Start(t, plain).Ready(t, wait)
+	if l := startIntruder(t, port, "tcp"); l != "bind-error errno=98" {
+		t.Fatalf("control: the neighbour said %q without grmwrap, want bind-error errno=98 (EADDRINUSE)", l)
+	}
+
+	port = testbin.FreeUDPPort(t)
+	s := startSvc(t, port, []string{"--user", "nobody", "--tcp-reuseport", "--listen", ":" + strconv.Itoa(port)},
+		echo, "--tcp", strconv.Itoa(port))
+	if s.first.TCPReuseport != 1 {
+		t.Fatalf("generation 1: %+v, want its TCP socket with SO_REUSEPORT", s.first)
+	}
+	if l := startIntruder(t, port, "tcp"); l != "bind-error errno=98" {
+		t.Fatalf("the neighbour said %q under grmwrap, want bind-error errno=98 (EADDRINUSE)", l)
+	}
+	if code := s.upgrade(nil).code; code != 0 {
+		t.Fatalf("upgrade with the TCP port shared between generations: exit %d\n%s", code, s.g.Stderr())
+	}
 }
