@@ -253,6 +253,29 @@ func (m *Manager) reviveLocked() *generation {
 	return nil
 }
 
+// restoreLocked points steering back at the working generation after a
+// failed flip. If the working generation died meanwhile (its watch waits
+// for the lock), the newest live draining one is revived instead, so the
+// data plane never points at a dead generation while one is alive.
+func (m *Manager) restoreLocked() error {
+	w := m.working
+	select {
+	case <-w.proc.Done():
+		if prev := m.reviveLocked(); prev != nil {
+			m.log.Error("working generation exited during a failed flip: the previous generation, still draining, is working again",
+				"exited", w.n, "status", w.proc.ExitCode(), "generation", prev.n)
+			return nil
+		}
+		// None alive: watch(w) ends the service; steering still goes back
+		// to w, the last generation the manager made working.
+	default:
+	}
+	if err := m.sockets.SetWorking(w.n); err != nil {
+		return fmt.Errorf("restore generation %d: %w", w.n, err)
+	}
+	return nil
+}
+
 // WorkingExited is closed when the working generation exits on its own:
 // the service is down and the supervisor should stop.
 func (m *Manager) WorkingExited() <-chan struct{} { return m.workingExit }
@@ -348,12 +371,14 @@ func (m *Manager) Upgrade(ctx context.Context, argv []string, timeout time.Durat
 	}
 	flip := time.Now()
 	if err := m.sockets.SetWorking(n); err != nil {
-		m.mu.Unlock()
-		// Some groups may already point at n: point them all back.
+		// Some groups may already point at n: point them all back, still
+		// under the lock (watch may revive meanwhile otherwise), and at a
+		// live generation.
 		err = fmt.Errorf("make generation %d working: %w", n, err)
-		if berr := m.sockets.SetWorking(m.working.n); berr != nil {
-			err = errors.Join(err, fmt.Errorf("restore generation %d: %w", m.working.n, berr))
+		if berr := m.restoreLocked(); berr != nil {
+			err = errors.Join(err, berr)
 		}
+		m.mu.Unlock()
 		m.rollback(g, err)
 		return 0, err
 	}

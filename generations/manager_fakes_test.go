@@ -377,6 +377,11 @@ type mSockets struct {
 	setWorking  []mSetWorking
 	failSW      map[uint32]error
 	partialSW   bool // a failing SetWorking has already pointed the groups at gen
+	// onSetWorking, if set, runs at the start of every SetWorking call,
+	// for a test to act at that moment. Set before the calls it sees start
+	// and read without mu: taking mu for it would order the callers'
+	// memory accesses and hide the races a -race test looks for.
+	onSetWorking func(gen uint32)
 	bound       map[uint32][]GroupKey
 	changed     chan struct{}
 	flows       map[uint32]int
@@ -407,6 +412,9 @@ func newMSockets(log *mLog) *mSockets {
 }
 
 func (s *mSockets) SetWorking(gen uint32) error {
+	if hook := s.onSetWorking; hook != nil {
+		hook(gen)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	err := s.failSW[gen]
@@ -541,6 +549,10 @@ func (s *mSockets) FailSetWorking(gen uint32, err error, partial bool) {
 	s.failSW[gen] = err
 	s.partialSW = partial
 }
+
+// OnSetWorking sets a hook run at the start of every SetWorking call;
+// call it before the upgrade whose calls it should see starts.
+func (s *mSockets) OnSetWorking(hook func(gen uint32)) { s.onSetWorking = hook }
 
 func (s *mSockets) SetWorkingCalls() []mSetWorking {
 	s.mu.Lock()
