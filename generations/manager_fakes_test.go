@@ -372,26 +372,26 @@ type mSetWorking struct {
 type mSockets struct {
 	log *mLog
 
-	mu          sync.Mutex
-	working     uint32
-	setWorking  []mSetWorking
-	failSW      map[uint32]error
-	partialSW   bool // a failing SetWorking has already pointed the groups at gen
+	mu         sync.Mutex
+	working    uint32
+	setWorking []mSetWorking
+	failSW     map[uint32]error
+	partialSW  bool // a failing SetWorking has already pointed the groups at gen
 	// onSetWorking, if set, runs at the start of every SetWorking call,
 	// for a test to act at that moment. Set before the calls it sees start
 	// and read without mu: taking mu for it would order the callers'
 	// memory accesses and hide the races a -race test looks for.
 	onSetWorking func(gen uint32)
-	bound       map[uint32][]GroupKey
-	changed     chan struct{}
-	flows       map[uint32]int
-	flowsErr    map[uint32]error
-	flowPolls   map[uint32]int
-	queued      map[uint32]int
-	queuedStep  map[uint32]int
-	queuedPolls map[uint32]int
-	released    map[uint32]bool
-	releaseErr  map[uint32]error
+	bound        map[uint32][]GroupKey
+	changed      chan struct{}
+	flows        map[uint32]int
+	flowsErr     map[uint32]error
+	flowPolls    map[uint32]int
+	queued       map[uint32]int
+	queuedStep   map[uint32]int
+	queuedPolls  map[uint32]int
+	released     map[uint32]bool
+	releaseErr   map[uint32]error
 }
 
 func newMSockets(log *mLog) *mSockets {
