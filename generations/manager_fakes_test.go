@@ -682,3 +682,79 @@ var (
 )
 
 var errMTest = errors.New("mtest: injected failure")
+
+// mHealth is a Health decided by the test: per generation whether it is
+// stopped and what a sample reads (CPU stays where the test left it, as
+// for a process that does not run). askedStopped is closed at the first
+// Stopped call for a generation.
+type mHealth struct {
+	mu      sync.Mutex
+	stopped map[uint32]bool
+	samples map[uint32]Sample
+	asked   map[uint32]chan struct{}
+	sampled map[uint32]int
+}
+
+func newMHealth() *mHealth {
+	return &mHealth{stopped: make(map[uint32]bool), samples: make(map[uint32]Sample),
+		asked: make(map[uint32]chan struct{}), sampled: make(map[uint32]int)}
+}
+
+func (h *mHealth) askedLocked(gen uint32) chan struct{} {
+	ch := h.asked[gen]
+	if ch == nil {
+		ch = make(chan struct{})
+		h.asked[gen] = ch
+	}
+	return ch
+}
+
+// AskedStopped is closed once the manager asked whether gen is stopped.
+func (h *mHealth) AskedStopped(gen uint32) <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.askedLocked(gen)
+}
+
+func (h *mHealth) Stopped(gen uint32, _ Process) (bool, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ch := h.askedLocked(gen)
+	select {
+	case <-ch:
+	default:
+		close(ch)
+	}
+	return h.stopped[gen], nil
+}
+
+func (h *mHealth) Sample(gen uint32, _ Process) (Sample, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.sampled[gen]++
+	s := h.samples[gen]
+	s.Stopped = s.Stopped || h.stopped[gen]
+	return s, nil
+}
+
+func (h *mHealth) SetStopped(gen uint32, stopped bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.stopped[gen] = stopped
+}
+
+// Set sets what gen's samples read from now on.
+func (h *mHealth) Set(gen uint32, s Sample) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.samples[gen] = s
+}
+
+// Sampled counts gen's samples.
+func (h *mHealth) Sampled(gen uint32) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sampled[gen]
+}
+
+var _ Health = (*mHealth)(nil)

@@ -125,8 +125,9 @@ func newMHarness(t *testing.T, tune func(*Config)) *mHarness {
 
 // checkSetWorking asserts the SetWorking history: generations only move
 // forward, except for two steps back: the restore right after a failed
-// SetWorking, and a revive (the working generation exited on its own and a
-// draining one is made working again; see Manager.reviveLocked). Every
+// SetWorking, and a revive (the working generation exited on its own, or
+// failed its confirmation and was released, and a draining one is made
+// working again; see Manager.reviveLocked). Every
 // generation made working by an upgrade was ready first.
 func (h *mHarness) checkSetWorking() {
 	h.t.Helper()
@@ -140,7 +141,9 @@ func (h *mHarness) checkSetWorking() {
 	for i, c := range calls {
 		restore := i > 0 && !calls[i-1].OK && c.Gen == cur
 		exit := h.log.index(mEvent{Op: "exit", Gen: cur, Code: h.exitCodeOf(cur)})
-		revive := cur != 0 && c.Gen < cur && exit >= 0 && exit < at[i]
+		// or released: a stalled generation failed its confirmation (unflip)
+		rel := h.log.index(mRel(cur))
+		revive := cur != 0 && c.Gen < cur && (exit >= 0 && exit < at[i] || rel >= 0 && rel < at[i])
 		if !restore && !revive && c.Gen <= highest {
 			h.t.Errorf("SetWorking(%d) after SetWorking(%d): a generation made working again; calls %v\nevents: %v", c.Gen, highest, calls, h.log)
 		}
