@@ -121,7 +121,7 @@ func newMetrics(mgr *generations.Manager, dp *dataPlane) *metrics {
 		}, []string{"result"}),
 		upgradeDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "grmwrap_upgrade_duration_seconds",
-			Help:    "Time from an upgrade request to the new generation working (ok) or rolled back (rolled_back); refused requests are not observed.",
+			Help:    "Time from an upgrade request to the new generation confirmed working (ok: after the settle window and the confirmation) or rolled back (rolled_back); refused requests are not observed.",
 			Buckets: upgradeBuckets,
 		}, []string{"result"}),
 		trapped: prometheus.NewCounterVec(prometheus.CounterOpts{
