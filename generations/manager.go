@@ -470,7 +470,7 @@ func (m *Manager) Upgrade(ctx context.Context, argv []string, timeout time.Durat
 	g.confirming = true
 	m.mu.Unlock()
 	flipped := time.Now()
-	m.log.Info("upgrade: generation working, confirming", "generation", n, "pid", p.Pid(), "previous", old.n,
+	m.log.Info("upgrade: generation working", "generation", n, "pid", p.Pid(), "previous", old.n,
 		"ready_after_us", readyAt.Sub(start).Microseconds(),
 		"ready_to_flip_us", flipped.Sub(readyAt).Microseconds(),
 		"flip_us", flipped.Sub(flip).Microseconds(), "confirm_within", m.cfg.MinDrain)

@@ -67,7 +67,7 @@ func TestUpgradeNewGenerationDiesAfterFlip(t *testing.T) {
 		t.Errorf("upgrade: %v; want exit 1: generation 2 exited after it became working; grmwrap's log:\n%s", r, s.g.Stderr())
 	}
 	failedWithReason(t, s.status(), 2, 1, "after it became working")
-	if !strings.Contains(s.g.Stderr(), "upgrade: generation working, confirming") {
+	if !strings.Contains(s.g.Stderr(), "upgrade: generation working") {
 		t.Errorf("generation 2 was never made working (the test must cover a death after the flip); grmwrap's log:\n%s", s.g.Stderr())
 	}
 	if rep := testbin.Echo(t, addr(port), "hello", wait); !strings.HasPrefix(rep, strconv.Itoa(s.first.PID)+" ") {
