@@ -184,4 +184,11 @@ func TestMonitorReleasesStalledDrainingGeneration(t *testing.T) {
 	if h.s.Working() != 2 {
 		t.Errorf("steering working %d, want 2", h.s.Working())
 	}
+	// Released, its sockets no longer count: it must not read as recovered.
+	n, rounds := hl.Sampled(1), hl.Sampled(2)
+	hl.Set(1, Sample{})
+	mWaitFor(t, "three more monitor rounds", func() bool { return hl.Sampled(2) >= rounds+3 })
+	if g := h.gen(1); !g.Stalled || hl.Sampled(1) != n {
+		t.Errorf("released generation 1: %+v, sampled %d times more; want still stalled, not sampled", g, hl.Sampled(1)-n)
+	}
 }

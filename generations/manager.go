@@ -699,6 +699,12 @@ func (m *Manager) monitor() {
 		}
 		m.mu.Unlock()
 		for _, g := range list {
+			if released[g] {
+				// Out of steering: its queues are no longer read from
+				// steering's sockets, so a sample would say it recovered.
+				// It keeps its stalled report until it ends.
+				continue
+			}
 			stalled, reason := m.sample(g)
 			m.mu.Lock()
 			draining := g.state == StateDraining
