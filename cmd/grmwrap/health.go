@@ -67,35 +67,68 @@ func parseProcStat(b []byte) (procStat, error) {
 	return procStat{state: f[0][0], pgrp: pgrp, cpu: utime + stime}, nil
 }
 
+// maxGenerationProcs bounds the processes one reading visits.
+const maxGenerationProcs = 4096
+
 // generationProcs returns the stat of every process of the generation
-// whose main process is pid: the main process and the other members of
-// its process group (every instance starts in a group of its own). The
-// one place that says what a generation's processes are: it can become
-// the members of the generation's cgroup.
+// whose main process is pid: the main process, its descendants, and the
+// processes of its group that the supervisor adopted (as a subreaper) with
+// their descendants. The one place that says what a generation's
+// processes are: it can become the members of the generation's cgroup.
+// It reads only the tree (/proc/PID/task/TID/children), not all of /proc.
 func generationProcs(pid int) ([]procStat, error) {
 	main, err := readProcStat(pid)
 	if err != nil {
 		return nil, err
 	}
 	out := []procStat{main}
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return out, fmt.Errorf("list processes: %w", err)
-	}
-	for _, e := range ents {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil || p == pid {
-			continue // not a process, or the main one (already read)
+	seen := map[int]bool{pid: true}
+	queue := childrenOf(pid)
+	if main.pgrp == pid {
+		for _, c := range childrenOf(os.Getpid()) {
+			if st, err := readProcStat(c); err == nil && st.pgrp == pid && !seen[c] {
+				queue = append(queue, c)
+			}
 		}
+	}
+	for len(queue) > 0 && len(out) < maxGenerationProcs {
+		p := queue[0]
+		queue = queue[1:]
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
 		st, err := readProcStat(p)
 		if err != nil {
 			continue // it exited meanwhile
 		}
-		if st.pgrp == main.pgrp && main.pgrp == pid {
-			out = append(out, st)
-		}
+		out = append(out, st)
+		queue = append(queue, childrenOf(p)...)
 	}
 	return out, nil
+}
+
+// childrenOf lists the children of every thread of process pid (none if it
+// is gone).
+func childrenOf(pid int) []int {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return nil // it exited meanwhile
+	}
+	var out []int
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/" + t.Name() + "/children")
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		for _, f := range bytes.Fields(b) {
+			if c, err := strconv.Atoi(string(f)); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
 }
 
 func stopped(procs []procStat) bool {

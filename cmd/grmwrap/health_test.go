@@ -1,8 +1,12 @@
 package main
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestParseProcStat(t *testing.T) {
@@ -22,15 +26,43 @@ func TestParseProcStat(t *testing.T) {
 	}
 }
 
-// TestGenerationProcsOfThisProcess: the test binary's own group: it is
-// read, running (not stopped), and counts some CPU time.
-func TestGenerationProcsOfThisProcess(t *testing.T) {
-	procs, err := generationProcs(os.Getpid())
-	if err != nil || len(procs) == 0 {
-		t.Fatalf("generationProcs = %v, %v", procs, err)
+// TestGenerationProcsSeesAStoppedChild: a process tree (sh and its sleep
+// child) reads as running, and as stopped once the child is SIGSTOPped.
+func TestGenerationProcsSeesAStoppedChild(t *testing.T) {
+	cmd := exec.Command("sh", "-c", "sleep 30 & echo $!; wait")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if stopped(procs) {
-		t.Errorf("this process reads as stopped: %+v", procs)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // the whole group; ESRCH if gone
+		_ = cmd.Wait()                                      // killed: its status says so
+	})
+	var child int
+	if _, err := fmt.Fscan(out, &child); err != nil {
+		t.Fatalf("read the child's pid: %v", err)
+	}
+	procs, err := generationProcs(cmd.Process.Pid)
+	if err != nil || len(procs) != 2 || stopped(procs) {
+		t.Fatalf("generationProcs = %+v, %v; want sh and sleep, running", procs, err)
+	}
+	if err := syscall.Kill(child, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second) // hang guard
+	for {
+		procs, err = generationProcs(cmd.Process.Pid)
+		if err == nil && stopped(procs) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a SIGSTOPped child never read as stopped: %+v, %v", procs, err)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
