@@ -20,8 +20,13 @@
 //     quiesced, the draining generation becomes working again (the service
 //     is never left without a working generation while one can serve); a
 //     generation that was quiesced or has exited never does.
-//   - A failed upgrade never changes the working generation: the new
-//     generation's sockets leave steering and its process is stopped.
+//   - A failed upgrade leaves the previous generation working: the new
+//     generation's sockets leave steering and its process is stopped. A new
+//     generation must stay alive and running through the settle window
+//     before the flip, and alive and taking datagrams for MinDrain after
+//     it, or the upgrade fails (after the flip: its sockets leave steering
+//     first, then its predecessor is working again).
+//   - A generation whose processes are stopped is never made working.
 //   - One upgrade at a time; a second request fails with
 //     ErrUpgradeInProgress.
 //   - A generation is stopped only after its sockets left steering and its

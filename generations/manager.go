@@ -74,6 +74,45 @@ type Readiness interface {
 	Wait(ctx context.Context, gen uint32, p Process) error
 }
 
+// Health reads how a generation's processes are doing; the supervisor
+// implements it from /proc. Every call is cheap enough to poll about once a
+// second per generation.
+type Health interface {
+	// Stopped reports whether a process of generation gen is stopped
+	// (SIGSTOP, a debugger): it does not run until it is continued.
+	Stopped(gen uint32, p Process) (bool, error)
+	// Sample reads gen's progress now.
+	Sample(gen uint32, p Process) (Sample, error)
+}
+
+// Sample is one reading of a generation's progress.
+type Sample struct {
+	// Queued is the bytes waiting in the receive queues of gen's sockets
+	// in steering.
+	Queued int
+	// CPU is the CPU time (user and system) its processes used so far.
+	CPU time.Duration
+	// Stopped: a process of gen is stopped.
+	Stopped bool
+}
+
+// Stalled decides from two samples, prev then cur, whether a generation
+// does not take datagrams off its sockets: its queues are not empty and
+// did not shrink, and it is stopped or used no CPU time meanwhile. The
+// reason names gen.
+func Stalled(gen uint32, prev, cur Sample) (bool, string) {
+	if cur.Queued == 0 || cur.Queued < prev.Queued {
+		return false, ""
+	}
+	if cur.Stopped {
+		return true, fmt.Sprintf("generation %d is stopped with %d bytes waiting in its sockets", gen, cur.Queued)
+	}
+	if cur.CPU == prev.CPU {
+		return true, fmt.Sprintf("generation %d used no CPU time while %d bytes wait in its sockets", gen, cur.Queued)
+	}
+	return false, ""
+}
+
 // ErrUpgradeInProgress refuses a second concurrent upgrade.
 var ErrUpgradeInProgress = errors.New("an upgrade is already in progress")
 
@@ -102,6 +141,17 @@ type Config struct {
 	// generation that dies right after it became working is then replaced
 	// by its predecessor instead of leaving the service down.
 	MinDrain time.Duration
+	// Settle is how long a new generation must stay alive and running
+	// after its readiness said ready before the flip (0: no settle
+	// window). One that dies in it never got a datagram.
+	Settle time.Duration
+	// Health, if set, is read to keep stopped generations from becoming
+	// working, to confirm a new working generation within MinDrain, and
+	// to report working or draining generations that stall.
+	Health Health
+	// HealthPoll is how often the working and draining generations are
+	// sampled (default 1s).
+	HealthPoll time.Duration
 }
 
 // Manager runs the generations of one service: the first start, upgrades
@@ -130,6 +180,8 @@ type Manager struct {
 	// new generation is in gens: Stop waits for them, so that nothing it
 	// did not see survives it.
 	launching sync.WaitGroup
+	quit      chan struct{} // closed by Stop: ends the health monitor
+	quitOnce  sync.Once
 }
 
 type generation struct {
@@ -141,6 +193,14 @@ type generation struct {
 	// revived is closed when a draining generation becomes working again
 	// because its successor died.
 	revived chan struct{}
+	// Health: the last sample (sampled says there is one), and whether the
+	// generation stalls and why.
+	last          Sample
+	sampled       bool
+	stalled       bool
+	stalledReason string
+	// confirming: Upgrade samples it itself (the monitor leaves it alone).
+	confirming bool
 }
 
 // NewManager returns a manager; call Start to run generation 1.
@@ -170,7 +230,10 @@ func NewManager(log *slog.Logger, cfg Config, l Launcher, s Sockets, r Readiness
 		cfg.MinDrain = time.Second
 	}
 	cfg.MinDrain = min(cfg.MinDrain, cfg.DrainTimeout/4)
-	return &Manager{log: log, cfg: cfg, launch: l, sockets: s, ready: r, next: 1, workingExit: make(chan struct{})}
+	if cfg.HealthPoll == 0 {
+		cfg.HealthPoll = time.Second
+	}
+	return &Manager{log: log, cfg: cfg, launch: l, sockets: s, ready: r, next: 1, workingExit: make(chan struct{}), quit: make(chan struct{})}
 }
 
 // Start launches generation 1 and makes it working at once (it is the only
@@ -193,6 +256,9 @@ func (m *Manager) Start(ctx context.Context, ready chan<- error) error {
 	m.gens = append(m.gens, g)
 	m.working = g
 	go m.watch(g)
+	if m.cfg.Health != nil {
+		go m.monitor()
+	}
 	if ready != nil {
 		go func() {
 			rctx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
@@ -249,6 +315,29 @@ func (m *Manager) reviveLocked() *generation {
 		g.revived = make(chan struct{})
 		m.working = g
 		return g
+	}
+	return nil
+}
+
+// restoreLocked points steering back at the working generation after a
+// failed flip. If the working generation died meanwhile (its watch waits
+// for the lock), the newest live draining one is revived instead, so the
+// data plane never points at a dead generation while one is alive.
+func (m *Manager) restoreLocked() error {
+	w := m.working
+	select {
+	case <-w.proc.Done():
+		if prev := m.reviveLocked(); prev != nil {
+			m.log.Error("working generation exited during a failed flip: the previous generation, still draining, is working again",
+				"exited", w.n, "status", w.proc.ExitCode(), "generation", prev.n)
+			return nil
+		}
+		// None alive: watch(w) ends the service; steering still goes back
+		// to w, the last generation the manager made working.
+	default:
+	}
+	if err := m.sockets.SetWorking(w.n); err != nil {
+		return fmt.Errorf("restore generation %d: %w", w.n, err)
 	}
 	return nil
 }
@@ -324,11 +413,18 @@ func (m *Manager) Upgrade(ctx context.Context, argv []string, timeout time.Durat
 		cancel()
 		why = fmt.Errorf("generation %d exited with status %d before it was ready", n, p.ExitCode())
 	}
+	if why == nil {
+		why = m.waitRunning(rctx, g)
+	}
 	if why != nil {
 		m.rollback(g, why)
 		return 0, why
 	}
 	readyAt := time.Now()
+	if why := m.settle(rctx, g, readyAt); why != nil {
+		m.rollback(g, why)
+		return 0, why
+	}
 
 	m.mu.Lock()
 	if m.stopping || m.exited {
@@ -348,12 +444,14 @@ func (m *Manager) Upgrade(ctx context.Context, argv []string, timeout time.Durat
 	}
 	flip := time.Now()
 	if err := m.sockets.SetWorking(n); err != nil {
-		m.mu.Unlock()
-		// Some groups may already point at n: point them all back.
+		// Some groups may already point at n: point them all back, still
+		// under the lock (watch may revive meanwhile otherwise), and at a
+		// live generation.
 		err = fmt.Errorf("make generation %d working: %w", n, err)
-		if berr := m.sockets.SetWorking(m.working.n); berr != nil {
-			err = errors.Join(err, fmt.Errorf("restore generation %d: %w", m.working.n, berr))
+		if berr := m.restoreLocked(); berr != nil {
+			err = errors.Join(err, berr)
 		}
+		m.mu.Unlock()
 		m.rollback(g, err)
 		return 0, err
 	}
@@ -369,16 +467,263 @@ func (m *Manager) Upgrade(ctx context.Context, argv []string, timeout time.Durat
 		m.drains.Add(1)
 	}
 	revived := old.revived
+	g.confirming = true
 	m.mu.Unlock()
 	flipped := time.Now()
 	m.log.Info("upgrade: generation working", "generation", n, "pid", p.Pid(), "previous", old.n,
 		"ready_after_us", readyAt.Sub(start).Microseconds(),
 		"ready_to_flip_us", flipped.Sub(readyAt).Microseconds(),
-		"flip_us", flipped.Sub(flip).Microseconds())
+		"flip_us", flipped.Sub(flip).Microseconds(), "confirm_within", m.cfg.MinDrain)
+	if err := m.confirm(g, flipped); err != nil {
+		if drainOld {
+			m.drains.Done()
+		}
+		return 0, err
+	}
+	m.log.Info("upgrade: generation confirmed working", "generation", n, "previous", old.n)
 	if drainOld {
-		go m.drain(old, revived)
+		go m.drain(old, revived, true)
 	}
 	return n, nil
+}
+
+// waitRunning returns nil once g's processes run (at once when Health is
+// not set or cannot tell), or an error when g is still stopped at ctx's
+// deadline or exits meanwhile. A stopped generation is not ready.
+func (m *Manager) waitRunning(ctx context.Context, g *generation) error {
+	if m.cfg.Health == nil {
+		return nil
+	}
+	logged := false
+	for {
+		stopped, err := m.cfg.Health.Stopped(g.n, g.proc)
+		if err != nil {
+			m.log.Debug("read whether a generation is stopped", "generation", g.n, "err", err)
+			return nil // cannot tell (it may have just exited): the caller's exit checks decide
+		}
+		if !stopped {
+			if logged {
+				m.log.Info("generation runs again", "generation", g.n)
+			}
+			return nil
+		}
+		if !logged {
+			m.log.Warn("generation is stopped: not ready until it runs again", "generation", g.n)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("generation %d is stopped", g.n)
+		case <-g.proc.Done():
+			return fmt.Errorf("generation %d exited with status %d while it was stopped", g.n, g.proc.ExitCode())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// settle keeps a ready generation out of steering for the settle window:
+// it must stay alive (and running: a stopped one waits, bounded by ctx)
+// until the window ends. A generation that fails here never got a
+// datagram.
+func (m *Manager) settle(ctx context.Context, g *generation, readyAt time.Time) error {
+	if m.cfg.Settle <= 0 {
+		return nil
+	}
+	end := readyAt.Add(m.cfg.Settle)
+	for {
+		left := time.Until(end)
+		if left <= 0 {
+			return m.waitRunning(ctx, g)
+		}
+		select {
+		case <-g.proc.Done():
+			return fmt.Errorf("generation %d exited with status %d during the settle window (%v after it was ready)",
+				g.n, g.proc.ExitCode(), time.Since(readyAt).Round(time.Millisecond))
+		case <-time.After(min(left, 50*time.Millisecond)):
+		}
+		if err := m.waitRunning(ctx, g); err != nil {
+			return err
+		}
+	}
+}
+
+// confirm keeps watching a generation just made working for MinDrain (its
+// predecessor is kept that long and can take over): it returns nil if g
+// is still working then; if g dies or stalls within it, g is failed with
+// the reason, its sockets leave steering, the predecessor is working
+// again, and the error says why.
+func (m *Manager) confirm(g *generation, flipped time.Time) error {
+	window := time.NewTimer(m.cfg.MinDrain)
+	defer window.Stop()
+	var tick <-chan time.Time
+	if m.cfg.Health != nil {
+		every := min(max(m.cfg.MinDrain/4, 50*time.Millisecond), m.cfg.HealthPoll)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		tick = t.C
+		m.sample(g) // the first sample, to compare the next ones with
+	}
+	defer func() {
+		m.mu.Lock()
+		g.confirming = false
+		m.mu.Unlock()
+	}()
+	for {
+		var why error
+		select {
+		case <-window.C:
+			return nil
+		case <-g.proc.Done():
+			m.mu.Lock()
+			stopping := m.stopping
+			m.mu.Unlock()
+			if stopping {
+				return ErrNotRunning
+			}
+			why = fmt.Errorf("generation %d exited with status %d %v after it became working",
+				g.n, g.proc.ExitCode(), time.Since(flipped).Round(time.Millisecond))
+		case <-tick:
+			stalled, reason := m.sample(g)
+			if !stalled {
+				continue
+			}
+			why = errors.New(reason)
+		}
+		if m.unflip(g, why) {
+			return why
+		}
+		return nil // kept: nothing else can serve
+	}
+}
+
+// unflip undoes a confirmed-too-early flip: g failed after it became
+// working. Its sockets leave steering first, then the newest live draining
+// generation is working again and g is stopped. It returns false (and
+// changes nothing) when g is alive and no other generation can take over.
+func (m *Manager) unflip(g *generation, why error) bool {
+	m.mu.Lock()
+	alive := !isDone(g.proc)
+	if alive && m.working == g && !m.revivableLocked() {
+		m.mu.Unlock()
+		m.log.Error("new working generation fails but no previous generation can take over: keeping it", "generation", g.n, "reason", why)
+		return false
+	}
+	g.state = StateFailed
+	g.reason = why.Error()
+	m.mu.Unlock()
+	m.log.Error("upgrade failed after the flip: rolling back", "generation", g.n, "reason", why)
+	if _, err := m.sockets.Release(g.n); err != nil {
+		m.log.Error("rollback: release sockets", "generation", g.n, "err", err)
+	}
+	m.mu.Lock()
+	if m.working == g && !m.stopping {
+		if prev := m.reviveLocked(); prev != nil {
+			m.log.Info("rollback: previous generation working again", "generation", prev.n, "failed", g.n)
+		}
+	}
+	m.mu.Unlock()
+	m.stop(g)
+	return true
+}
+
+// revivableLocked reports whether reviveLocked would find a generation.
+func (m *Manager) revivableLocked() bool {
+	for _, g := range m.gens {
+		if g.state == StateDraining && !isDone(g.proc) {
+			return true
+		}
+	}
+	return false
+}
+
+func isDone(p Process) bool {
+	select {
+	case <-p.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// sample reads g's health and updates its stalled state; it reports
+// whether g stalls now, and why.
+func (m *Manager) sample(g *generation) (bool, string) {
+	cur, err := m.cfg.Health.Sample(g.n, g.proc)
+	if err != nil {
+		m.log.Debug("sample generation health", "generation", g.n, "err", err)
+		return false, "" // cannot tell (it may have just exited)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	prev, had := g.last, g.sampled
+	g.last, g.sampled = cur, true
+	if !had {
+		return false, ""
+	}
+	stalled, reason := Stalled(g.n, prev, cur)
+	switch {
+	case stalled && !g.stalled:
+		m.log.Warn("generation stalls: it does not take datagrams off its sockets", "generation", g.n, "state", g.state, "reason", reason)
+	case !stalled && g.stalled:
+		m.log.Info("generation recovered: it takes datagrams again", "generation", g.n, "state", g.state)
+	}
+	g.stalled = stalled
+	if stalled {
+		g.stalledReason = reason
+	} else {
+		g.stalledReason = ""
+	}
+	return stalled, reason
+}
+
+// monitor samples the working and draining generations every HealthPoll
+// until Stop. A draining generation that stalls is released at once: its
+// flows then go to the working generation instead of into queues nobody
+// reads.
+func (m *Manager) monitor() {
+	t := time.NewTicker(m.cfg.HealthPoll)
+	defer t.Stop()
+	released := make(map[*generation]bool)
+	for {
+		select {
+		case <-m.quit:
+			return
+		case <-t.C:
+		}
+		m.mu.Lock()
+		var list []*generation
+		for _, g := range m.gens {
+			if (g.state == StateWorking || g.state == StateDraining) && !g.confirming && !isDone(g.proc) {
+				list = append(list, g)
+			}
+		}
+		m.mu.Unlock()
+		for _, g := range list {
+			if released[g] {
+				// Out of steering: its queues are no longer read from
+				// steering's sockets, so a sample would say it recovered.
+				// It keeps its stalled report until it ends.
+				continue
+			}
+			stalled, reason := m.sample(g)
+			m.mu.Lock()
+			draining := g.state == StateDraining
+			m.mu.Unlock()
+			if stalled && draining && !released[g] {
+				released[g] = true
+				m.log.Warn("draining generation stalls: its sockets leave steering, its flows go to the working generation",
+					"generation", g.n, "reason", reason)
+				if _, err := m.sockets.Release(g.n); err != nil {
+					m.log.Error("release stalled generation", "generation", g.n, "err", err)
+				}
+			}
+		}
+		for g := range released {
+			if isDone(g.proc) {
+				delete(released, g)
+			}
+		}
+	}
 }
 
 // rollback stops a generation that did not become working and takes its
@@ -398,11 +743,16 @@ func (m *Manager) rollback(g *generation, why error) {
 
 // drain waits until g's flows are idle (or the drain timeout), then
 // quiesces and stops it.
-func (m *Manager) drain(g *generation, revived <-chan struct{}) {
+// confirmed: the upgrade already kept g for MinDrain.
+func (m *Manager) drain(g *generation, revived <-chan struct{}, confirmed bool) {
 	defer m.drains.Done()
 	deadline := time.Now().Add(m.cfg.DrainTimeout)
+	minDrain := m.cfg.MinDrain
+	if confirmed {
+		minDrain = 0
+	}
 	select {
-	case <-time.After(m.cfg.MinDrain):
+	case <-time.After(minDrain):
 	case <-g.proc.Done():
 	case <-revived:
 		return
@@ -515,6 +865,7 @@ func (m *Manager) Forward(sig syscall.Signal) error {
 // Stop stops every generation with sig (SIGKILL after the kill timeout) and
 // returns the working generation's exit status.
 func (m *Manager) Stop(sig syscall.Signal) int {
+	m.quitOnce.Do(func() { close(m.quit) })
 	m.mu.Lock()
 	m.stopping = true
 	w := m.working
@@ -596,6 +947,10 @@ type GenerationStatus struct {
 	Sockets    int    `json:"sockets"`
 	Flows      int    `json:"flows"`
 	Reason     string `json:"reason,omitempty"`
+	// Stalled: the generation does not take datagrams off its sockets
+	// (see Stalled); StalledReason says what was seen.
+	Stalled       bool   `json:"stalled,omitempty"`
+	StalledReason string `json:"stalled_reason,omitempty"`
 }
 
 // Status reports every live and recent generation.
@@ -607,12 +962,17 @@ func (m *Manager) Status() (working uint32, gens []GenerationStatus) {
 	}
 	states := make([]State, len(list))
 	reasons := make([]string, len(list))
+	stalled := make([]string, len(list))
 	for i, g := range list {
 		states[i], reasons[i] = g.state, g.reason
+		if g.stalled && g.state != StateExited && g.state != StateFailed {
+			stalled[i] = g.stalledReason
+		}
 	}
 	m.mu.Unlock()
 	for i, g := range list {
-		gs := GenerationStatus{Generation: g.n, PID: g.proc.Pid(), State: states[i], Reason: reasons[i]}
+		gs := GenerationStatus{Generation: g.n, PID: g.proc.Pid(), State: states[i], Reason: reasons[i],
+			Stalled: stalled[i] != "", StalledReason: stalled[i]}
 		if states[i] != StateExited && states[i] != StateFailed {
 			gs.Sockets = m.sockets.SocketCount(g.n)
 			if !m.cfg.NoFlows {

@@ -372,21 +372,26 @@ type mSetWorking struct {
 type mSockets struct {
 	log *mLog
 
-	mu          sync.Mutex
-	working     uint32
-	setWorking  []mSetWorking
-	failSW      map[uint32]error
-	partialSW   bool // a failing SetWorking has already pointed the groups at gen
-	bound       map[uint32][]GroupKey
-	changed     chan struct{}
-	flows       map[uint32]int
-	flowsErr    map[uint32]error
-	flowPolls   map[uint32]int
-	queued      map[uint32]int
-	queuedStep  map[uint32]int
-	queuedPolls map[uint32]int
-	released    map[uint32]bool
-	releaseErr  map[uint32]error
+	mu         sync.Mutex
+	working    uint32
+	setWorking []mSetWorking
+	failSW     map[uint32]error
+	partialSW  bool // a failing SetWorking has already pointed the groups at gen
+	// onSetWorking, if set, runs at the start of every SetWorking call,
+	// for a test to act at that moment. Set before the calls it sees start
+	// and read without mu: taking mu for it would order the callers'
+	// memory accesses and hide the races a -race test looks for.
+	onSetWorking func(gen uint32)
+	bound        map[uint32][]GroupKey
+	changed      chan struct{}
+	flows        map[uint32]int
+	flowsErr     map[uint32]error
+	flowPolls    map[uint32]int
+	queued       map[uint32]int
+	queuedStep   map[uint32]int
+	queuedPolls  map[uint32]int
+	released     map[uint32]bool
+	releaseErr   map[uint32]error
 }
 
 func newMSockets(log *mLog) *mSockets {
@@ -407,6 +412,9 @@ func newMSockets(log *mLog) *mSockets {
 }
 
 func (s *mSockets) SetWorking(gen uint32) error {
+	if hook := s.onSetWorking; hook != nil {
+		hook(gen)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	err := s.failSW[gen]
@@ -542,6 +550,10 @@ func (s *mSockets) FailSetWorking(gen uint32, err error, partial bool) {
 	s.partialSW = partial
 }
 
+// OnSetWorking sets a hook run at the start of every SetWorking call;
+// call it before the upgrade whose calls it should see starts.
+func (s *mSockets) OnSetWorking(hook func(gen uint32)) { s.onSetWorking = hook }
+
 func (s *mSockets) SetWorkingCalls() []mSetWorking {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -670,3 +682,79 @@ var (
 )
 
 var errMTest = errors.New("mtest: injected failure")
+
+// mHealth is a Health decided by the test: per generation whether it is
+// stopped and what a sample reads (CPU stays where the test left it, as
+// for a process that does not run). askedStopped is closed at the first
+// Stopped call for a generation.
+type mHealth struct {
+	mu      sync.Mutex
+	stopped map[uint32]bool
+	samples map[uint32]Sample
+	asked   map[uint32]chan struct{}
+	sampled map[uint32]int
+}
+
+func newMHealth() *mHealth {
+	return &mHealth{stopped: make(map[uint32]bool), samples: make(map[uint32]Sample),
+		asked: make(map[uint32]chan struct{}), sampled: make(map[uint32]int)}
+}
+
+func (h *mHealth) askedLocked(gen uint32) chan struct{} {
+	ch := h.asked[gen]
+	if ch == nil {
+		ch = make(chan struct{})
+		h.asked[gen] = ch
+	}
+	return ch
+}
+
+// AskedStopped is closed once the manager asked whether gen is stopped.
+func (h *mHealth) AskedStopped(gen uint32) <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.askedLocked(gen)
+}
+
+func (h *mHealth) Stopped(gen uint32, _ Process) (bool, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ch := h.askedLocked(gen)
+	select {
+	case <-ch:
+	default:
+		close(ch)
+	}
+	return h.stopped[gen], nil
+}
+
+func (h *mHealth) Sample(gen uint32, _ Process) (Sample, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.sampled[gen]++
+	s := h.samples[gen]
+	s.Stopped = s.Stopped || h.stopped[gen]
+	return s, nil
+}
+
+func (h *mHealth) SetStopped(gen uint32, stopped bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.stopped[gen] = stopped
+}
+
+// Set sets what gen's samples read from now on.
+func (h *mHealth) Set(gen uint32, s Sample) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.samples[gen] = s
+}
+
+// Sampled counts gen's samples.
+func (h *mHealth) Sampled(gen uint32) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sampled[gen]
+}
+
+var _ Health = (*mHealth)(nil)

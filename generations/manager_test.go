@@ -125,8 +125,9 @@ func newMHarness(t *testing.T, tune func(*Config)) *mHarness {
 
 // checkSetWorking asserts the SetWorking history: generations only move
 // forward, except for two steps back: the restore right after a failed
-// SetWorking, and a revive (the working generation exited on its own and a
-// draining one is made working again; see Manager.reviveLocked). Every
+// SetWorking, and a revive (the working generation exited on its own, or
+// failed its confirmation and was released, and a draining one is made
+// working again; see Manager.reviveLocked). Every
 // generation made working by an upgrade was ready first.
 func (h *mHarness) checkSetWorking() {
 	h.t.Helper()
@@ -140,7 +141,9 @@ func (h *mHarness) checkSetWorking() {
 	for i, c := range calls {
 		restore := i > 0 && !calls[i-1].OK && c.Gen == cur
 		exit := h.log.index(mEvent{Op: "exit", Gen: cur, Code: h.exitCodeOf(cur)})
-		revive := cur != 0 && c.Gen < cur && exit >= 0 && exit < at[i]
+		// or released: a stalled generation failed its confirmation (unflip)
+		rel := h.log.index(mRel(cur))
+		revive := cur != 0 && c.Gen < cur && (exit >= 0 && exit < at[i] || rel >= 0 && rel < at[i])
 		if !restore && !revive && c.Gen <= highest {
 			h.t.Errorf("SetWorking(%d) after SetWorking(%d): a generation made working again; calls %v\nevents: %v", c.Gen, highest, calls, h.log)
 		}
@@ -1471,26 +1474,44 @@ func mRunChild(t *testing.T, bug string) {
 	}
 }
 
-// TestUpgradeAfterWorkingExitedThenNewExits: the working generation exits
-// on its own (WorkingExited is closed), an upgrade is still accepted and
-// succeeds, then the new working generation exits on its own too.
+// TestUpgradeAfterWorkingExitedThenNewExits: an upgrade is accepted, then
+// the working generation exits on its own (WorkingExited is closed), then
+// the new generation exits on its own too. An upgrade that starts after
+// WorkingExited is refused (ErrNotRunning), so the only way to have a new
+// generation exit after WorkingExited is one launched before: the test
+// proves it got there (generation 2 was launched and waited for its
+// readiness before generation 1 exited; it exited after WorkingExited) and
+// that watch does not close workingExit a second time, the exit status
+// stays generation 1's, and generation 2 is failed, never working.
 func TestUpgradeAfterWorkingExitedThenNewExits(t *testing.T) {
 	if !mIsChild(t) {
 		mRunChild(t, "Manager.watch closes workingExit a second time (close of closed channel)")
 		return
 	}
-	h := newMHarness(t, nil)
+	h := newMHarness(t, func(c *Config) { c.ReadyTimeout = time.Minute })
 	h.start()
+	entered := h.r.Hold(2)
+	res := h.upgradeAsync(context.Background(), nil, 0)
+	mRecv(t, entered, "readiness of generation 2 (the upgrade was accepted)")
 	h.l.Proc(1).Exit(7)
 	mRecv(t, h.m.WorkingExited(), "WorkingExited")
-	h.waitStates(1, map[uint32]State{1: StateExited})
-	r := mRecv(t, h.upgradeAsync(context.Background(), nil, 0), "Upgrade")
-	if r.err != nil {
-		return // refused: no second working generation to exit
+	if r := mRecv(t, h.upgradeAsync(context.Background(), nil, 0), "a second Upgrade"); !errors.Is(r.err, ErrNotRunning) {
+		t.Errorf("Upgrade after WorkingExited = %d, %v; want ErrNotRunning", r.gen, r.err)
 	}
-	h.l.Proc(r.gen).Exit(9)
-	mWaitFor(t, "generation 2 to be seen exited", func() bool { g, ok := h.lookup(r.gen); return ok && g.State == StateExited })
+	h.l.Proc(2).Exit(9)
+	r := mRecv(t, res, "Upgrade")
+	if r.err == nil {
+		t.Fatalf("Upgrade = %d, nil; want an error (generation 2 exited before it was ready)", r.gen)
+	}
 	h.waitDrains()
+	h.waitStates(1, map[uint32]State{1: StateExited, 2: StateFailed})
+	exit1, exit2 := h.log.index(mEvent{Op: "exit", Gen: 1, Code: 7}), h.log.index(mEvent{Op: "exit", Gen: 2, Code: 9})
+	if launch := h.log.index(mEvent{Op: "launch", Gen: 2}); launch < 0 || launch > exit1 || exit2 < exit1 {
+		t.Errorf("events out of order (want launch(2) < exit(1) < exit(2)): %v", h.log)
+	}
+	if c := h.m.ExitCode(); c != 7 {
+		t.Errorf("ExitCode = %d, want 7 (generation 1's)", c)
+	}
 }
 
 // --- revive (uncommitted Manager.reviveLocked) -----------------------------------
@@ -1553,6 +1574,46 @@ func TestManagerReviveFailsWhenSetWorkingFails(t *testing.T) {
 		t.Errorf("ExitCode = %d, want 9", c)
 	}
 	h.waitStates(2, map[uint32]State{1: StateDraining, 2: StateExited})
+}
+
+// TestUpgradeSetWorkingFailsWhileWorkingDies: the flip to generation 3
+// fails while the working generation 2 dies (generation 1 still drains).
+// The restore must target a live generation and agree with the manager:
+// steering and Status both say generation 1, never the dead 2. Run with
+// -race: reading m.working after the unlock races with the revive.
+func TestUpgradeSetWorkingFailsWhileWorkingDies(t *testing.T) {
+	h := newMHarness(t, func(c *Config) { c.DrainTimeout = time.Minute })
+	h.start()
+	h.s.SetFlows(1, 1, nil)
+	h.mustUpgrade(2)
+	h.s.FailSetWorking(3, errMTest, true)
+	revived := make(chan struct{})
+	var once sync.Once
+	h.s.OnSetWorking(func(gen uint32) {
+		switch gen {
+		case 3: // the flip: generation 2 dies meanwhile
+			h.l.Proc(2).Exit(9)
+		case 1: // the revive of generation 1
+			once.Do(func() { close(revived) })
+		case 2: // a restore to 2: let the revive run first (bounded)
+			select {
+			case <-revived:
+			case <-time.After(time.Second):
+			}
+		}
+	})
+	r := mRecv(t, h.upgradeAsync(context.Background(), nil, 0), "Upgrade")
+	if r.err == nil || !errors.Is(r.err, errMTest) {
+		t.Fatalf("Upgrade = %d, %v; want the SetWorking failure", r.gen, r.err)
+	}
+	h.waitStates(1, map[uint32]State{1: StateWorking, 2: StateExited, 3: StateFailed})
+	if w := h.s.Working(); w != 1 {
+		t.Errorf("BUG: steering points at generation %d, the manager at 1 (2 is dead); SetWorking calls %v\nevents: %v",
+			w, h.s.SetWorkingCalls(), h.log)
+	}
+	if mClosed(h.m.WorkingExited()) {
+		t.Error("WorkingExited closed though generation 1 was alive to take over")
+	}
 }
 
 // TestManagerRevivedGenerationDrainsWhenReplacedAgain: a revived generation

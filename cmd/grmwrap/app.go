@@ -42,6 +42,7 @@ func runFlags() []cli.Flag {
 		&cli.UintFlag{Name: "max-flows", Value: 65536, Usage: "live flows the flow table holds (it has twice as many 64-byte entries, a power of two)"},
 		&cli.StringFlag{Name: "ready", Value: "bound", Usage: "when a new generation is ready: bound, notify, delay:DUR or exec:CMD"},
 		&cli.DurationFlag{Name: "ready-timeout", Value: 60 * time.Second, Usage: "longest wait for a new generation to be ready"},
+		&cli.DurationFlag{Name: "settle", Value: 500 * time.Millisecond, Usage: "time a ready new generation must stay alive and running before it gets new flows (0: off)"},
 		&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Minute, Usage: "longest time an old generation keeps its flows"},
 		&cli.StringFlag{Name: "stop-signal", Value: "SIGTERM", Usage: "signal that stops an old generation"},
 		&cli.DurationFlag{Name: "kill-timeout", Value: 10 * time.Second, Usage: "time between the stop signal and SIGKILL"},
@@ -169,6 +170,7 @@ type runConfig struct {
 	metricsAddr  string // --metrics-listen; "" is off
 	ready        readySpec
 	readyTimeout time.Duration
+	settle       time.Duration
 	drainTimeout time.Duration
 	stopSignal   syscall.Signal
 	killTimeout  time.Duration
@@ -208,9 +210,13 @@ func runConfigFrom(c *cli.Context, command []string) (runConfig, error) {
 			return runConfig{}, fmt.Errorf("%s %v: want a positive duration", f, c.Duration(f))
 		}
 	}
+	if c.Duration("settle") < 0 {
+		return runConfig{}, fmt.Errorf("settle %v: want zero (off) or a positive duration", c.Duration("settle"))
+	}
 	return runConfig{
 		ready:        ready,
 		readyTimeout: c.Duration("ready-timeout"),
+		settle:       c.Duration("settle"),
 		drainTimeout: c.Duration("drain-timeout"),
 		stopSignal:   sig,
 		killTimeout:  c.Duration("kill-timeout"),

@@ -150,7 +150,11 @@ func printStatus(w io.Writer, st Status) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  GENERATION\tPID\tSTATE\tSOCKETS\tFLOWS\t")
 	for _, g := range st.Generations {
-		fmt.Fprintf(tw, "  %d\t%d\t%s\t%d\t%d\t%s\n", g.Generation, g.PID, g.State, g.Sockets, g.Flows, g.Reason)
+		reason := g.Reason
+		if g.Stalled {
+			reason = "stalled: " + g.StalledReason
+		}
+		fmt.Fprintf(tw, "  %d\t%d\t%s\t%d\t%d\t%s\n", g.Generation, g.PID, g.State, g.Sockets, g.Flows, reason)
 	}
 	tw.Flush()
 	for _, g := range st.Groups {

@@ -65,6 +65,7 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown flag", append([]string{"--no-such-flag", "--"}, touch...), "flag provided but not defined"},
 		{"bad listen", append([]string{"--listen", "nowhere", "--"}, touch...), `listen "nowhere"`},
 		{"bad log level", append([]string{"--log-level", "loud", "--"}, touch...), `log level "loud"`},
+		{"negative settle", append([]string{"--settle", "-1s", "--"}, touch...), "settle -1s: want zero (off) or a positive duration"},
 		{"command not found", []string{"--", "/no/such/server"}, `command "/no/such/server" not found`},
 		{"unknown user", append([]string{"--user", "no-such-user-x", "--"}, touch...), `user "no-such-user-x" not found`},
 	} {

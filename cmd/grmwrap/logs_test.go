@@ -66,6 +66,7 @@ func TestJSONLogs(t *testing.T) {
 		"instance started",
 		"managed bind",
 		"upgrade: generation working",
+		"upgrade: generation confirmed working",
 		"drain: no live flows left",
 		"socket left steering",
 		"quiesce done: stopping generation",

@@ -96,6 +96,7 @@ type metrics struct {
 	sockets     *prometheus.Desc
 	generations *prometheus.Desc
 	working     *prometheus.Desc
+	stalled     *prometheus.Desc
 }
 
 var _ observer = (*metrics)(nil)
@@ -120,7 +121,7 @@ func newMetrics(mgr *generations.Manager, dp *dataPlane) *metrics {
 		}, []string{"result"}),
 		upgradeDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "grmwrap_upgrade_duration_seconds",
-			Help:    "Time from an upgrade request to the new generation working (ok) or rolled back (rolled_back); refused requests are not observed.",
+			Help:    "Time from an upgrade request to the new generation confirmed working (ok: after the settle window and the confirmation) or rolled back (rolled_back); refused requests are not observed.",
 			Buckets: upgradeBuckets,
 		}, []string{"result"}),
 		trapped: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -141,6 +142,8 @@ func newMetrics(mgr *generations.Manager, dp *dataPlane) *metrics {
 			"Generations by state (ended ones as far as status remembers them).", []string{"state"}, nil),
 		working: prometheus.NewDesc("grmwrap_working_generation",
 			"The generation that receives new flows (0: none yet).", nil, nil),
+		stalled: prometheus.NewDesc("grmwrap_generation_stalled",
+			"1 while a live generation does not take datagrams off its sockets (queues not shrinking, stopped or no CPU time), by generation.", []string{"generation"}, nil),
 	}
 	for _, name := range bpf.CounterNames() {
 		base := strings.TrimSuffix(name, "_total")
@@ -204,6 +207,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.sockets
 	ch <- m.generations
 	ch <- m.working
+	ch <- m.stalled
 }
 
 // Collect reads the data plane's counters of every group, and the
@@ -231,6 +235,11 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		gen := strconv.FormatUint(uint64(g.Generation), 10)
 		ch <- prometheus.MustNewConstMetric(m.flows, prometheus.GaugeValue, float64(g.Flows), gen)
 		ch <- prometheus.MustNewConstMetric(m.sockets, prometheus.GaugeValue, float64(g.Sockets), gen)
+		stalled := 0.0
+		if g.Stalled {
+			stalled = 1
+		}
+		ch <- prometheus.MustNewConstMetric(m.stalled, prometheus.GaugeValue, stalled, gen)
 	}
 	for _, s := range generationStates {
 		ch <- prometheus.MustNewConstMetric(m.generations, prometheus.GaugeValue, float64(byState[s]), string(s))

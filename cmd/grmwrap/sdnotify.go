@@ -95,7 +95,11 @@ func (n *sdNotifier) status() string {
 		case generations.StateExited, generations.StateFailed:
 			continue
 		}
-		parts = append(parts, fmt.Sprintf("gen %d %s (pid %d, %d flows)", g.Generation, g.State, g.PID, g.Flows))
+		part := fmt.Sprintf("gen %d %s (pid %d, %d flows)", g.Generation, g.State, g.PID, g.Flows)
+		if g.Stalled {
+			part += " stalled"
+		}
+		parts = append(parts, part)
 	}
 	return fmt.Sprintf("STATUS=working generation %d; %s", working, strings.Join(parts, "; "))
 }

@@ -302,6 +302,8 @@ func serve(ctx context.Context, cfg runConfig) error {
 		KillTimeout:  cfg.killTimeout,
 		StopSignal:   cfg.stopSignal,
 		NoFlows:      cfg.dissector == generations.DissectorNoop,
+		Settle:       cfg.settle,
+		Health:       procHealth{dp: dp},
 	}, s, dp, readinessFor(cfg.ready, dp, s))
 	var obs observers
 	if sd := newSDNotifier(cfg.log, mgr); sd != nil {

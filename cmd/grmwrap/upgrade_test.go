@@ -406,7 +406,11 @@ func TestNoopQuiesce(t *testing.T) {
 	t.Run("grmwrap", func(t *testing.T) {
 		port := testbin.FreeUDPPort(t)
 		s := startSvc(t, port, []string{"--dissector", "noop"}, echo, strconv.Itoa(port))
-		l := startLoad(loadOn(port))
+		// Each upgrade returns after the settle window and the
+		// confirmation (about 1.5s): the load must outlast three of them.
+		cfg := loadOn(port)
+		cfg.Duration = 9 * time.Second
+		l := startLoad(cfg)
 		gens := map[string]uint32{strconv.Itoa(s.first.PID): 1}
 		for n := uint32(2); n <= 4; n++ {
 			time.Sleep(800 * time.Millisecond)

@@ -1,7 +1,7 @@
 /*
  * echo.c - an "unmodified" UDP echo server for grmwrap integration tests.
  *
- * Usage: echo-c [--addr ADDR] [--tcp] [--reuseport] PORT
+ * Usage: echo-c [--addr ADDR] [--tcp] [--reuseport] [--exit-after-ms N@G] PORT
  *
  *   --addr ADDR   IP literal to bind the UDP socket to (default 0.0.0.0).
  *                 An ADDR containing ':' is IPv6 (AF_INET6); for the
@@ -9,6 +9,11 @@
  *   --tcp         also bind a TCP socket of the same family to ADDR and the
  *                 port the UDP socket got, and listen(16) on it.
  *   --reuseport   set SO_REUSEPORT=1 on the UDP socket before bind().
+ *   --exit-after-ms N@G
+ *                 in generation G only (the GRMWRAP_GENERATION environment
+ *                 variable), exit with status 1 N milliseconds after the
+ *                 ready line (serving until then): a server whose later
+ *                 start step fails.
  *   PORT          decimal port, may be 0.
  *
  * stdout carries exactly these lines, each flushed at once:
@@ -39,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #define MAX_PAYLOAD 65536
@@ -170,8 +176,36 @@ static void set_v6only_off(int fd)
 		fatal("setsockopt(IPV6_V6ONLY)");
 }
 
+static void on_exit_timer(int sig)
+{
+	(void)sig;
+	_exit(1);
+}
+
+/* exit_after arms --exit-after-ms N@G: SIGALRM after N ms exits with 1, in
+ * generation G only. */
+static void exit_after(const char *spec)
+{
+	char *end;
+	long ms = strtol(spec, &end, 10);
+	const char *gen = getenv("GRMWRAP_GENERATION");
+	struct itimerval it;
+
+	if (end == spec || *end != '@' || ms <= 0 || end[1] == '\0')
+		usage("--exit-after-ms wants N@GENERATION");
+	if (gen == NULL || strcmp(gen, end + 1) != 0)
+		return;
+	signal(SIGALRM, on_exit_timer);
+	memset(&it, 0, sizeof(it));
+	it.it_value.tv_sec = ms / 1000;
+	it.it_value.tv_usec = (ms % 1000) * 1000;
+	if (setitimer(ITIMER_REAL, &it, NULL) < 0)
+		fatal("setitimer");
+}
+
 int main(int argc, char **argv)
 {
+	const char *exit_spec = NULL;
 	const char *addr = "0.0.0.0";
 	const char *port_arg = NULL;
 	int want_tcp = 0, want_reuseport = 0;
@@ -195,6 +229,10 @@ int main(int argc, char **argv)
 			want_tcp = 1;
 		} else if (strcmp(argv[i], "--reuseport") == 0) {
 			want_reuseport = 1;
+		} else if (strcmp(argv[i], "--exit-after-ms") == 0) {
+			if (++i >= argc)
+				usage("--exit-after-ms needs an argument");
+			exit_spec = argv[i];
 		} else if (argv[i][0] == '-' && argv[i][1] != '\0') {
 			fprintf(stderr, "echo-c: unknown option %s\n", argv[i]);
 			usage("bad arguments");
@@ -290,6 +328,8 @@ int main(int argc, char **argv)
 	printf("ready pid=%d udp_reuseport=%d tcp_reuseport=%d port=%d\n",
 	       (int)pid, udp_rp, tcp_rp, bound_port);
 	fflush(stdout);
+	if (exit_spec != NULL)
+		exit_after(exit_spec);
 
 	/*
 	 * From here on the handled signals are blocked except inside ppoll(),

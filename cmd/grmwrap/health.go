@@ -1,0 +1,171 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/grmwrap/grmwrap/generations"
+	"github.com/grmwrap/grmwrap/notify"
+)
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/PID/stat:
+// 100 on every Linux architecture grmwrap runs on (x86-64).
+const clockTicks = 100
+
+// procHealth is the generations.Health port read from /proc: whether a
+// generation's processes are stopped, the CPU time they used, and the bytes
+// waiting in its managed sockets.
+type procHealth struct {
+	dp *dataPlane
+}
+
+var _ generations.Health = procHealth{}
+
+// procStat is what health reads of /proc/PID/stat.
+type procStat struct {
+	state byte // R, S, D, T (stopped), t (traced), Z, ...
+	pgrp  int
+	cpu   uint64 // utime + stime, in clock ticks
+}
+
+// readProcStat parses /proc/PID/stat. The command name (field 2) is in
+// parentheses and may hold spaces or parentheses: fields are counted
+// from the last ')'.
+func readProcStat(pid int) (procStat, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return procStat{}, err
+	}
+	return parseProcStat(b)
+}
+
+func parseProcStat(b []byte) (procStat, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return procStat{}, fmt.Errorf("parse stat: no command name")
+	}
+	// After ") ": state(3) ppid(4) pgrp(5) ... utime(14) stime(15).
+	f := bytes.Fields(b[i+1:])
+	if len(f) < 13 || len(f[0]) != 1 {
+		return procStat{}, fmt.Errorf("parse stat: %d fields", len(f))
+	}
+	pgrp, err := strconv.Atoi(string(f[2]))
+	if err != nil {
+		return procStat{}, fmt.Errorf("parse stat pgrp: %w", err)
+	}
+	utime, err := strconv.ParseUint(string(f[11]), 10, 64)
+	if err != nil {
+		return procStat{}, fmt.Errorf("parse stat utime: %w", err)
+	}
+	stime, err := strconv.ParseUint(string(f[12]), 10, 64)
+	if err != nil {
+		return procStat{}, fmt.Errorf("parse stat stime: %w", err)
+	}
+	return procStat{state: f[0][0], pgrp: pgrp, cpu: utime + stime}, nil
+}
+
+// maxGenerationProcs bounds the processes one reading visits.
+const maxGenerationProcs = 4096
+
+// generationProcs returns the stat of every process of the generation
+// whose main process is pid: the main process, its descendants, and the
+// processes of its group that the supervisor adopted (as a subreaper) with
+// their descendants. The one place that says what a generation's
+// processes are: it can become the members of the generation's cgroup.
+// It reads only the tree (/proc/PID/task/TID/children), not all of /proc.
+func generationProcs(pid int) ([]procStat, error) {
+	main, err := readProcStat(pid)
+	if err != nil {
+		return nil, err
+	}
+	out := []procStat{main}
+	seen := map[int]bool{pid: true}
+	queue := childrenOf(pid)
+	if main.pgrp == pid {
+		for _, c := range childrenOf(os.Getpid()) {
+			if st, err := readProcStat(c); err == nil && st.pgrp == pid && !seen[c] {
+				queue = append(queue, c)
+			}
+		}
+	}
+	for len(queue) > 0 && len(out) < maxGenerationProcs {
+		p := queue[0]
+		queue = queue[1:]
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		st, err := readProcStat(p)
+		if err != nil {
+			continue // it exited meanwhile
+		}
+		out = append(out, st)
+		queue = append(queue, childrenOf(p)...)
+	}
+	return out, nil
+}
+
+// childrenOf lists the children of every thread of process pid (none if it
+// is gone).
+func childrenOf(pid int) []int {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return nil // it exited meanwhile
+	}
+	var out []int
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/" + t.Name() + "/children")
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		for _, f := range bytes.Fields(b) {
+			if c, err := strconv.Atoi(string(f)); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+func stopped(procs []procStat) bool {
+	for _, p := range procs {
+		if p.state == 'T' || p.state == 't' {
+			return true
+		}
+	}
+	return false
+}
+
+// Stopped implements generations.Health.
+func (h procHealth) Stopped(_ uint32, p generations.Process) (bool, error) {
+	procs, err := generationProcs(p.Pid())
+	if err != nil {
+		return false, fmt.Errorf("read generation processes: %w", err)
+	}
+	return stopped(procs), nil
+}
+
+// Sample implements generations.Health.
+func (h procHealth) Sample(gen uint32, p generations.Process) (generations.Sample, error) {
+	procs, err := generationProcs(p.Pid())
+	if err != nil {
+		return generations.Sample{}, fmt.Errorf("read generation processes: %w", err)
+	}
+	var ticks uint64
+	for _, st := range procs {
+		ticks += st.cpu
+	}
+	s := generations.Sample{Stopped: stopped(procs), CPU: time.Duration(ticks) * time.Second / clockTicks}
+	if inodes := h.dp.Sockets(gen); len(inodes) > 0 {
+		q, err := notify.QueuedBytes(p.Pid(), inodes)
+		if err != nil {
+			return generations.Sample{}, fmt.Errorf("read receive queues: %w", err)
+		}
+		s.Queued = int(q)
+	}
+	return s, nil
+}
