@@ -31,6 +31,10 @@ type Spec struct {
 	AllowIOUring bool
 	// Files are the server's stdin, stdout and stderr.
 	Files [3]*os.File
+	// Cgroup, when not nil, is an open cgroup2 directory: the init stage
+	// starts in it (clone3 CLONE_INTO_CGROUP), so no process of the
+	// instance ever runs outside it.
+	Cgroup *os.File
 }
 
 // Child is a started instance: its process and its seccomp listener.
@@ -88,13 +92,18 @@ func Start(spec Spec) (*Child, error) {
 		mode += ",io_uring"
 	}
 	args := append([]string{spec.Self, InitArg, spec.Cred.encode(), mode, spec.Path}, spec.Argv...)
+	// Its own process group: a terminal's ^C reaches grmwrap, which
+	// decides what each instance gets.
+	sys := &syscall.SysProcAttr{Setpgid: true}
+	if spec.Cgroup != nil {
+		sys.UseCgroupFD = true
+		sys.CgroupFD = int(spec.Cgroup.Fd())
+	}
 	proc, err := startIdle(func() (*os.Process, error) {
 		return os.StartProcess(spec.Self, args, &os.ProcAttr{
 			Env:   spec.Env,
 			Files: []*os.File{spec.Files[0], spec.Files[1], spec.Files[2], childEnd},
-			// Its own process group: a terminal's ^C reaches grmwrap, which
-			// decides what each instance gets.
-			Sys: &syscall.SysProcAttr{Setpgid: true},
+			Sys:   sys,
 		})
 	})
 	childEnd.Close()

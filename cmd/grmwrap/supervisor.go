@@ -30,11 +30,18 @@ func stopping(sig os.Signal) bool {
 }
 
 // instance is one run of the server's command line: a generations.Process.
+// A generation is every process it started (its cgroup, or in the fallback
+// its process group): it is over, and Done closed, once the main process
+// has been reaped and none of the others is left.
 type instance struct {
 	gen  uint32
 	pid  int // kept: Release resets proc.Pid
 	proc *os.Process
-	// done is closed once the process has been reaped; status is valid then.
+	tree *procGroup
+	// mainDone is closed once the main process has been reaped; status is
+	// valid then.
+	mainDone chan struct{}
+	// done is closed once every process of the generation has exited.
 	done   chan struct{}
 	status syscall.WaitStatus
 }
@@ -42,12 +49,29 @@ type instance struct {
 func (i *instance) Pid() int              { return i.pid }
 func (i *instance) Done() <-chan struct{} { return i.done }
 
-// Signal signals the main process. The handle is a pidfd: a reaped
-// instance reports an error instead of signalling a recycled pid.
+// Members lists the pids of the generation's live processes.
+func (i *instance) Members() []int { return i.tree.pids() }
+
+// Contains reports whether pid is a process of the generation.
+func (i *instance) Contains(pid int) bool {
+	for _, p := range i.tree.pids() {
+		if p == pid {
+			return true
+		}
+	}
+	return false
+}
+
+// Signal signals the main process, or, once it has exited, the processes
+// of the generation still left. The main process's handle is a pidfd: a
+// reaped one reports an error instead of signalling a recycled pid.
 func (i *instance) Signal(sig syscall.Signal) error {
 	select {
 	case <-i.done:
-		return nil // reaped, and its pidfd released
+		return nil
+	case <-i.mainDone:
+		i.tree.signal(sig)
+		return nil
 	default:
 	}
 	if err := i.proc.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
@@ -56,17 +80,15 @@ func (i *instance) Signal(sig syscall.Signal) error {
 	return nil
 }
 
-// Kill kills the instance's process group (its workers too), while the main
-// process is not yet reaped, so the group id cannot have been recycled.
+// Kill kills every process of the generation (cgroup.kill, or the process
+// group in the fallback).
 func (i *instance) Kill() error {
 	select {
 	case <-i.done:
 		return nil
 	default:
 	}
-	if err := syscall.Kill(-i.pid, syscall.SIGKILL); err != nil {
-		return i.proc.Kill()
-	}
+	i.tree.kill()
 	return nil
 }
 
@@ -94,6 +116,11 @@ type supervisor struct {
 	handler  *notify.Handler
 	steering *generations.Steering
 	notifier *notifySockets // per-instance NOTIFY_SOCKET, nil unless --ready notify
+	tree     *procTree      // how generations' processes are tracked
+	// stopSignal and killTimeout stop what is left of a generation whose
+	// main process exited.
+	stopSignal  syscall.Signal
+	killTimeout time.Duration
 
 	mu      sync.Mutex
 	waiters map[int]func(syscall.WaitStatus) // by pid: instances and probes
@@ -107,6 +134,10 @@ func newSupervisor(ctx context.Context, log *slog.Logger, spec notify.Spec, m no
 		handler:  notify.NewHandler(log, m, st),
 		steering: st,
 		waiters:  make(map[int]func(syscall.WaitStatus)),
+		tree:     &procTree{log: log},
+		// The defaults of --stop-signal and --kill-timeout.
+		stopSignal:  syscall.SIGTERM,
+		killTimeout: 10 * time.Second,
 	}
 }
 
@@ -132,31 +163,35 @@ func (s *supervisor) Launch(gen uint32, argv []string) (generations.Process, err
 		}
 		spec.Env = append(withoutEnv(spec.Env, "NOTIFY_SOCKET"), env)
 	}
-	inst := &instance{gen: gen, done: make(chan struct{})}
+	spec.Env = withoutEnv(spec.Env, noCgroupEnv)
+	grp, err := s.tree.group(gen)
+	if err != nil {
+		s.notifier.close(gen)
+		return nil, err
+	}
+	spec.Cgroup = grp.fd
+	inst := &instance{gen: gen, tree: grp, mainDone: make(chan struct{}), done: make(chan struct{})}
 	// Holding mu while starting keeps the reaper from seeing the pid
 	// before its waiter is known.
 	s.mu.Lock()
 	child, err := notify.Start(spec)
+	grp.closeFd()
 	if err != nil {
 		s.mu.Unlock()
 		s.notifier.close(gen)
+		// The init stage was killed; the reaper collects it, then the
+		// cgroup is empty and can go.
+		go s.discard(grp)
 		return nil, err
 	}
 	inst.proc = child.Process
 	inst.pid = child.Process.Pid
+	grp.pgid = inst.pid
 	s.notifier.started(gen, inst.pid)
 	s.waiters[child.Process.Pid] = func(ws syscall.WaitStatus) {
 		inst.status = ws
-		s.handler.Forget(gen)
-		if _, err := s.steering.ReleaseGeneration(gen); err != nil {
-			s.log.Error("release sockets of exited instance", "generation", gen, "err", err)
-		}
-		s.notifier.close(gen)
-		// The handle's pidfd is not needed once the process is reaped.
-		if err := inst.proc.Release(); err != nil {
-			s.log.Debug("release process handle", "err", err)
-		}
-		close(inst.done)
+		close(inst.mainDone)
+		go s.finish(inst)
 	}
 	s.mu.Unlock()
 	if !child.Killable {
@@ -169,6 +204,55 @@ func (s *supervisor) Launch(gen uint32, argv []string) (generations.Process, err
 	}()
 	s.log.Info("instance started", "generation", gen, "pid", child.Process.Pid, "command", argv)
 	return inst, nil
+}
+
+// finish waits, once the main process of inst has exited, for the rest of
+// its generation: they get the stop signal at once and SIGKILL after the
+// kill timeout. Then the generation's sockets leave steering, its cgroup is
+// removed and Done is closed.
+func (s *supervisor) finish(inst *instance) {
+	if inst.tree.populated() {
+		s.log.Info("main process exited: stopping the rest of its generation",
+			"generation", inst.gen, "pid", inst.pid, "pids", inst.tree.pids())
+		inst.tree.signal(s.stopSignal)
+		killAt := time.Now().Add(s.killTimeout)
+		killed := false
+		for inst.tree.populated() {
+			now := time.Now()
+			if !killed && now.After(killAt) {
+				s.log.Warn("processes of the generation did not stop in time: killing",
+					"generation", inst.gen, "pids", inst.tree.pids())
+				inst.tree.kill()
+				killed, killAt = true, now.Add(killWait)
+			} else if killed && now.After(killAt) {
+				s.log.Error("processes of the generation survive SIGKILL: giving up on them",
+					"generation", inst.gen, "pids", inst.tree.pids())
+				break
+			}
+			time.Sleep(pollEvery)
+		}
+	}
+	inst.tree.remove()
+	s.handler.Forget(inst.gen)
+	if _, err := s.steering.ReleaseGeneration(inst.gen); err != nil {
+		s.log.Error("release sockets of exited instance", "generation", inst.gen, "err", err)
+	}
+	s.notifier.close(inst.gen)
+	// The handle's pidfd is not needed once the process is reaped.
+	if err := inst.proc.Release(); err != nil {
+		s.log.Debug("release process handle", "err", err)
+	}
+	close(inst.done)
+}
+
+// discard kills what a failed start left in grp and removes it.
+func (s *supervisor) discard(grp *procGroup) {
+	guard := time.Now().Add(killWait)
+	for grp.populated() && time.Now().Before(guard) {
+		grp.kill()
+		time.Sleep(pollEvery)
+	}
+	grp.remove()
 }
 
 // spawn starts a helper process (a readiness probe) whose status the reaper
@@ -287,6 +371,10 @@ func serve(ctx context.Context, cfg runConfig) error {
 	}
 	defer dp.close()
 	s := newSupervisor(ctx, cfg.log, spec, m, dp.Steering)
+	s.stopSignal, s.killTimeout = cfg.stopSignal, cfg.killTimeout
+	s.tree = newProcTree(cfg.log)
+	// Last: nothing of any generation outlives grmwrap, nor its cgroups.
+	defer s.tree.close(s.reap)
 	s.handler.TCPReuseport = cfg.tcpReuseport
 	if cfg.ready.mode == readyNotify {
 		if s.notifier, err = newNotifySockets(cfg.runtimeDir, cfg.log, spec.Cred); err != nil {
