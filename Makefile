@@ -40,7 +40,7 @@ examples: deps
 # The whole suite: unit tests and the privileged integration tests (root;
 # each integration test runs in its own network, mount and PID namespace).
 test: deps build
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
 
 # Unit tests only: no root needed.
 test-unit: deps
