@@ -143,7 +143,7 @@ func newMetrics(mgr *generations.Manager, dp *dataPlane) *metrics {
 		working: prometheus.NewDesc("grmwrap_working_generation",
 			"The generation that receives new flows (0: none yet).", nil, nil),
 		stalled: prometheus.NewDesc("grmwrap_generation_stalled",
-			"1 while a live generation does not take datagrams off its sockets (queues not shrinking, stopped or no CPU time), by generation.", []string{"generation"}, nil),
+			"1 while a live generation does not take datagrams off its sockets (queues not shrinking while a process of it is stopped), by generation.", []string{"generation"}, nil),
 	}
 	for _, name := range bpf.CounterNames() {
 		base := strings.TrimSuffix(name, "_total")

@@ -43,7 +43,7 @@ func newProcTree(log *slog.Logger) *procTree {
 		why = fmt.Sprintf("create cgroup: %v", err)
 	}
 	if t.root != "" {
-		log.Info("generations are tracked by cgroup", "cgroup", t.root)
+		log.Debug("generations are tracked by cgroup", "cgroup", t.root)
 	} else {
 		log.Warn("generations are tracked by process group (no writable cgroup2): a worker that calls setsid() escapes its generation until grmwrap stops",
 			"reason", why)

@@ -102,7 +102,7 @@ func TestForkingServerGeneration(t *testing.T) {
 				t.Setenv(noCgroupEnv, "1")
 			}
 			port := testbin.FreeUDPPort(t)
-			s := startSvc(t, port, []string{"--dissector", "noop", "--kill-timeout", "5s"}, forking(t, port, tc.setsid)...)
+			s := startSvc(t, port, []string{"--log-level", "debug", "--dissector", "noop", "--kill-timeout", "5s"}, forking(t, port, tc.setsid)...)
 			log := s.g.Stderr()
 			cgroup := ""
 			if m := regexp.MustCompile(`generations are tracked by cgroup" cgroup=(\S+)`).FindStringSubmatch(log); m != nil {
