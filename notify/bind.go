@@ -16,11 +16,9 @@ import (
 
 // bind handles a trapped bind(fd, addr, addrlen). It answers CONTINUE for
 // every bind grmwrap does not manage, so the kernel gives the server its own
-// result. A managed bind is performed by grmwrap on a socket it creates and
-// installs at the server's fd number (or, when the server's socket has state
-// grmwrap cannot copy, on its copy of the server's socket), with
-// SO_REUSEPORT set and the address it read (never re-read: another thread
-// may rewrite it), and the server gets that bind's result. The second
+// result. A managed bind is performed by grmwrap on its copy of the socket,
+// with SO_REUSEPORT set and the address it read (never re-read: another
+// thread may rewrite it), and the server gets that bind's result. The second
 // result is true when the notification went stale and must not be answered.
 func (h *Handler) bind(ctx context.Context, n notification) (reply, bool) {
 	pidfd, err := openTarget(n.tid)
@@ -81,16 +79,11 @@ func (h *Handler) bind(ctx context.Context, n notification) (reply, bool) {
 	if proto == unix.IPPROTO_TCP {
 		return h.bindTCP(n, sock, sa), false
 	}
-	r, file, s, ownsCopy := h.bindManaged(n, sock, sa, raw)
+	r, file, s := h.bindManaged(n, sock, sa, raw)
 	if file == nil {
 		return r, false
 	}
-	if ownsCopy {
-		sock = -1 // owned by file now
-	}
-	// Logged before the registration, which may make the generation ready
-	// and flip it working: the log keeps the order of events.
-	h.log.Info("managed bind", "group", s.Group, "generation", s.Generation, "pid", s.PID, "inode", s.Inode)
+	sock = -1 // owned by file now
 	if err := h.sink.AddSocket(ctx, s); err != nil {
 		// The socket is bound and serves; it is only not steered. Telling
 		// the server its bind failed would leave it with a bound socket it
@@ -98,19 +91,17 @@ func (h *Handler) bind(ctx context.Context, n notification) (reply, bool) {
 		h.log.Error("register managed socket", "group", s.Group, "generation", s.Generation, "err", err)
 	}
 	h.counters.bindManaged.Add(1)
+	h.log.Info("managed bind", "group", s.Group, "generation", s.Generation, "pid", s.PID, "inode", s.Inode)
 	return replyOK, false
 }
 
 // bindManaged checks and performs a managed bind with the bind lock held. On
-// success it returns the bound socket as a file and its description: a
-// socket grmwrap created and installed at the server's fd number, or, when
-// the server's socket has state grmwrap cannot copy, the server's own socket
-// (then the last result is true: the file owns sock).
-func (h *Handler) bindManaged(n notification, sock int, sa Sockaddr, raw []byte) (reply, *os.File, generations.Socket, bool) {
+// success it returns the socket copy as a file and its description.
+func (h *Handler) bindManaged(n notification, sock int, sa Sockaddr, raw []byte) (reply, *os.File, generations.Socket) {
 	var st unix.Stat_t
 	if err := unix.Fstat(sock, &st); err != nil {
 		h.log.Error("stat managed socket", "err", err)
-		return replyErr(unix.EAGAIN), nil, generations.Socket{}, false
+		return replyErr(unix.EAGAIN), nil, generations.Socket{}
 	}
 	if bound, err := unix.Getsockname(sock); err == nil && sockaddrPort(bound) != 0 {
 		// Already bound. When it is ours at this address, this is the kernel
@@ -121,14 +112,14 @@ func (h *Handler) bindManaged(n notification, sock int, sa Sockaddr, raw []byte)
 		o, ok := h.owned[st.Ino]
 		h.mu.Unlock()
 		if ok && o.group.Addr == sa.Addr {
-			return reply{repeated: true}, nil, generations.Socket{}, false
+			return reply{repeated: true}, nil, generations.Socket{}
 		}
-		return replyErr(unix.EINVAL), nil, generations.Socket{}, false
+		return replyErr(unix.EINVAL), nil, generations.Socket{}
 	}
 	nsfd, nsino, err := socketNetNS(sock)
 	if err != nil {
 		h.log.Error("managed bind", "err", err)
-		return replyErr(unix.EAGAIN), nil, generations.Socket{}, false
+		return replyErr(unix.EAGAIN), nil, generations.Socket{}
 	}
 	defer unix.Close(nsfd)
 	key := generations.GroupKey{NetNS: nsino, Family: sa.Family, Addr: sa.Addr}
@@ -143,10 +134,10 @@ func (h *Handler) bindManaged(n notification, sock int, sa Sockaddr, raw []byte)
 		can, err := canBindPrivileged(n.tid)
 		if err != nil {
 			if !n.valid() {
-				return reply{}, nil, generations.Socket{}, false
+				return reply{}, nil, generations.Socket{}
 			}
 			h.log.Error("managed bind: caller capabilities", "err", err)
-			return replyErr(unix.EAGAIN), nil, generations.Socket{}, false
+			return replyErr(unix.EAGAIN), nil, generations.Socket{}
 		}
 		needCap = !can
 	}
@@ -166,69 +157,31 @@ func (h *Handler) bindManaged(n notification, sock int, sa Sockaddr, raw []byte)
 	})
 	if err != nil {
 		h.log.Error("managed bind: inspect network namespace", "group", key, "err", err)
-		return replyErr(unix.EAGAIN), nil, generations.Socket{}, false
+		return replyErr(unix.EAGAIN), nil, generations.Socket{}
 	}
 	if needCap && int(sa.Addr.Port()) < portStart {
 		h.log.Info("refused privileged bind: the server lacks CAP_NET_BIND_SERVICE and --listen does not name the address",
 			"group", key, "pid", n.tid)
-		return replyErr(unix.EACCES), nil, generations.Socket{}, false
+		return replyErr(unix.EACCES), nil, generations.Socket{}
 	}
 	if holder, busy := h.foreignHolder(table, key, v6only); busy {
 		h.log.Info("refused bind: the port is held by a socket grmwrap does not manage",
 			"group", key, "holder_inode", holder, "pid", n.tid)
-		return replyErr(unix.EADDRINUSE), nil, generations.Socket{}, false
+		return replyErr(unix.EADDRINUSE), nil, generations.Socket{}
 	}
 
-	fd := int(int32(n.args[0]))
-	domain := unix.AF_INET
-	if sa.Family == generations.FamilyINET6 {
-		domain = unix.AF_INET6
+	if err := unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+		h.log.Error("managed bind: set SO_REUSEPORT", "err", err)
+		return replyErr(unix.EAGAIN), nil, generations.Socket{}
 	}
-	bound, replaced := sock, false
-	own, err := newOwnSocket(sock, domain, unix.SOCK_DGRAM, unix.IPPROTO_UDP, nsfd, nsino)
-	if err != nil {
-		h.log.Warn("managed socket not protected against other processes of the server's user: grmwrap binds the server's own socket",
-			"group", key, "pid", n.tid, "reason", err)
-	} else {
-		bound, replaced = own, true
+	if err := rawBind(sock, raw); err != nil {
+		var errno unix.Errno
+		if errors.As(err, &errno) {
+			return replyErr(errno), nil, generations.Socket{}
+		}
+		return replyErr(unix.EAGAIN), nil, generations.Socket{}
 	}
-	if errno := reuseportBind(bound, raw); errno != 0 {
-		if replaced {
-			unix.Close(own)
-		}
-		if errno == unix.EAGAIN {
-			h.log.Error("managed bind: set SO_REUSEPORT", "group", key)
-		}
-		return replyErr(errno), nil, generations.Socket{}, false
-	}
-	if replaced {
-		cloexec, err := targetCloexec(n.tid, fd)
-		if err == nil {
-			err = installFD(int(n.fd), n.id, own, fd, cloexec)
-		}
-		if err != nil {
-			unix.Close(own)
-			if !n.valid() {
-				// Interrupted: the kernel re-delivers the bind with the
-				// server's socket, still unbound, and it starts over.
-				return reply{}, nil, generations.Socket{}, false
-			}
-			h.log.Warn("managed socket not protected against other processes of the server's user: grmwrap binds the server's own socket",
-				"group", key, "pid", n.tid, "reason", err)
-			if errno := reuseportBind(sock, raw); errno != 0 {
-				return replyErr(errno), nil, generations.Socket{}, false
-			}
-			bound, replaced = sock, false
-		}
-	}
-	if replaced {
-		if err := unix.Fstat(own, &st); err != nil {
-			// Installed in the server: keep it, with an inode of 0 it is
-			// only not recognised on a repeated bind.
-			h.log.Error("stat managed socket", "err", err)
-		}
-	}
-	cookie, err := unix.GetsockoptUint64(bound, unix.SOL_SOCKET, unix.SO_COOKIE)
+	cookie, err := unix.GetsockoptUint64(sock, unix.SOL_SOCKET, unix.SO_COOKIE)
 	if err != nil {
 		h.log.Warn("managed socket cookie", "err", err)
 	}
@@ -239,7 +192,7 @@ func (h *Handler) bindManaged(n notification, sock int, sa Sockaddr, raw []byte)
 	h.mu.Lock()
 	h.owned[st.Ino] = owned{group: key, gen: n.gen}
 	h.mu.Unlock()
-	file := os.NewFile(uintptr(bound), "udp:"+sa.Addr.String())
+	file := os.NewFile(uintptr(sock), "udp:"+sa.Addr.String())
 	return replyOK, file, generations.Socket{
 		Group:      key,
 		Generation: n.gen,
@@ -247,23 +200,7 @@ func (h *Handler) bindManaged(n notification, sock int, sa Sockaddr, raw []byte)
 		Inode:      st.Ino,
 		Cookie:     cookie,
 		File:       file,
-	}, !replaced
-}
-
-// reuseportBind sets SO_REUSEPORT on sock and binds it to raw. It returns
-// bind's errno, or EAGAIN when SO_REUSEPORT cannot be set.
-func reuseportBind(sock int, raw []byte) unix.Errno {
-	if err := unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
-		return unix.EAGAIN
 	}
-	if err := rawBind(sock, raw); err != nil {
-		var errno unix.Errno
-		if errors.As(err, &errno) {
-			return errno
-		}
-		return unix.EAGAIN
-	}
-	return 0
 }
 
 // foreignHolder looks for a socket in table that is not grmwrap's and that
@@ -426,39 +363,7 @@ func (h *Handler) bindTCP(n notification, sock int, sa Sockaddr) reply {
 		h.log.Info("refused tcp bind: the port is held by a socket grmwrap does not manage", "group", key, "holder_inode", holder, "pid", n.tid)
 		return replyErr(unix.EADDRINUSE)
 	}
-	// As for UDP, the socket that joins the group is grmwrap's (owner uid
-	// 0), put in place of the server's; the kernel then binds it with the
-	// server's own rights (CONTINUE reads the fd afresh).
-	domain := unix.AF_INET
-	if sa.Family == generations.FamilyINET6 {
-		domain = unix.AF_INET6
-	}
-	target := sock
-	own, err := newOwnSocket(sock, domain, unix.SOCK_STREAM, unix.IPPROTO_TCP, nsfd, nsino)
-	if err == nil {
-		if err = unix.SetsockoptInt(own, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err == nil {
-			var cloexec bool
-			if cloexec, err = targetCloexec(n.tid, int(int32(n.args[0]))); err == nil {
-				err = installFD(int(n.fd), n.id, own, int(int32(n.args[0])), cloexec)
-			}
-		}
-		if err == nil {
-			target = own
-		}
-		defer unix.Close(own) // installed in the server, or not used
-		if err != nil && !n.valid() {
-			return replyContinue // gone: the answer is not delivered
-		}
-	}
-	if err != nil {
-		h.log.Warn("tcp socket not protected against other processes of the server's user: it keeps the server's own socket",
-			"group", key, "pid", n.tid, "reason", err)
-	}
-	if target == own {
-		if err := unix.Fstat(own, &st); err != nil {
-			h.log.Error("stat tcp socket", "err", err)
-		}
-	} else if err := unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+	if err := unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
 		h.log.Error("tcp bind: set SO_REUSEPORT", "err", err)
 		return replyErr(unix.EAGAIN)
 	}

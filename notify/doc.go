@@ -17,16 +17,10 @@
 //   - A bind grmwrap does not manage (not inet UDP, port 0, not matched by
 //     --listen) continues untouched: the kernel gives the server its own
 //     result.
-//   - A managed bind is performed by grmwrap on a socket it creates (owner
-//     uid 0, so that no other process of the server's user can join the
-//     reuseport group), with the state the server set before bind copied
-//     onto it and the address bytes it read, so the address cannot change
-//     under it; the socket is installed at the server's fd number
-//     (SECCOMP_IOCTL_NOTIF_ADDFD, SETFD) in place of the server's. State
-//     grmwrap cannot copy (a socket filter, say) makes it bind the server's
-//     own socket instead, with a warning. The server gets exactly the result
-//     of that bind, and the socket is reported to the SocketSink before the
-//     server's bind returns.
+//   - A managed bind is performed by grmwrap on its copy of the socket with
+//     the address bytes it read, so the address cannot change under it. The
+//     server gets exactly the result of that bind, and the socket is reported
+//     to the SocketSink before the server's bind returns.
 //   - grmwrap never grants what the server lacks: a privileged port needs the
 //     server's CAP_NET_BIND_SERVICE or an explicit --listen entry, and a port
 //     held by a socket grmwrap does not manage gets EADDRINUSE, so grmwrap

@@ -3,7 +3,6 @@ package notify
 import (
 	"fmt"
 	"os"
-	"strconv"
 	"testing"
 )
 
@@ -15,17 +14,6 @@ func TestMain(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "init stage: %v\n", err)
 		}
 		os.Exit(127)
-	}
-	if v := os.Getenv(envSockState); v != "" {
-		port, err := strconv.Atoi(v)
-		if err == nil {
-			err = sockStateServer(port)
-		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "sockstate server: %v\n", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }
