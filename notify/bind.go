@@ -3,6 +3,7 @@ package notify
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -84,14 +85,16 @@ func (h *Handler) bind(ctx context.Context, n notification) (reply, bool) {
 		return r, false
 	}
 	sock = -1 // owned by file now
+	h.counters.bindManaged.Add(1)
+	// Logged before registration: registering may make the generation
+	// ready and working, and the log keeps the order of events.
+	h.log.Info("managed bind", "group", s.Group, "generation", s.Generation, "pid", s.PID, "inode", s.Inode)
 	if err := h.sink.AddSocket(ctx, s); err != nil {
 		// The socket is bound and serves; it is only not steered. Telling
 		// the server its bind failed would leave it with a bound socket it
 		// believes unbound.
 		h.log.Error("register managed socket", "group", s.Group, "generation", s.Generation, "err", err)
 	}
-	h.counters.bindManaged.Add(1)
-	h.log.Info("managed bind", "group", s.Group, "generation", s.Generation, "pid", s.PID, "inode", s.Inode)
 	return replyOK, false
 }
 
@@ -170,11 +173,17 @@ func (h *Handler) bindManaged(n notification, sock int, sa Sockaddr, raw []byte)
 		return replyErr(unix.EADDRINUSE), nil, generations.Socket{}
 	}
 
+	if err := claim(sock); err != nil {
+		h.log.Error("managed bind: take ownership of the socket", "err", err)
+		return replyErr(unix.EAGAIN), nil, generations.Socket{}
+	}
 	if err := unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
 		h.log.Error("managed bind: set SO_REUSEPORT", "err", err)
+		release(sock, st.Uid)
 		return replyErr(unix.EAGAIN), nil, generations.Socket{}
 	}
 	if err := rawBind(sock, raw); err != nil {
+		release(sock, st.Uid)
 		var errno unix.Errno
 		if errors.As(err, &errno) {
 			return replyErr(errno), nil, generations.Socket{}
@@ -363,8 +372,13 @@ func (h *Handler) bindTCP(n notification, sock int, sa Sockaddr) reply {
 		h.log.Info("refused tcp bind: the port is held by a socket grmwrap does not manage", "group", key, "holder_inode", holder, "pid", n.tid)
 		return replyErr(unix.EADDRINUSE)
 	}
+	if err := claim(sock); err != nil {
+		h.log.Error("tcp bind: take ownership of the socket", "err", err)
+		return replyErr(unix.EAGAIN)
+	}
 	if err := unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
 		h.log.Error("tcp bind: set SO_REUSEPORT", "err", err)
+		release(sock, st.Uid)
 		return replyErr(unix.EAGAIN)
 	}
 	h.mu.Lock()
@@ -412,4 +426,24 @@ func runInNetNS(nsfd int, nsino uint64, fn func() error) error {
 		return fn()
 	}
 	return inNetNS(nsfd, fn)
+}
+
+// claim makes sock grmwrap's (owner uid grmwrap's effective uid) before it
+// gets SO_REUSEPORT. The kernel admits a socket into a reuseport group only
+// when its owner uid equals the group's (sk_uid, which fchown on a socket
+// sets), so every generation's managed socket shares the group while a
+// process of the server's user outside the service gets EADDRINUSE, as it
+// would without grmwrap. The server keeps its own open file: only the
+// owner changes.
+func claim(sock int) error {
+	if err := unix.Fchown(sock, os.Geteuid(), -1); err != nil {
+		return fmt.Errorf("fchown socket: %w", err)
+	}
+	return nil
+}
+
+// release gives sock back to uid after a managed bind that failed, so the
+// server's unbound socket is as it was.
+func release(sock int, uid uint32) {
+	_ = unix.Fchown(sock, int(uid), -1)
 }

@@ -25,6 +25,10 @@
 //     server's CAP_NET_BIND_SERVICE or an explicit --listen entry, and a port
 //     held by a socket grmwrap does not manage gets EADDRINUSE, so grmwrap
 //     never joins a reuseport group it does not own.
+//   - A managed socket (UDP, and TCP under TCPReuseport) is owned by grmwrap's
+//     uid before it gets SO_REUSEPORT, so the kernel's same-owner rule keeps
+//     processes of the server's user outside the service out of its group; a
+//     bind that fails gives the socket back to its owner.
 //   - A bind the kernel re-delivers (signal without WAIT_KILLABLE_RECV) on a
 //     socket grmwrap already bound at that address succeeds again without a
 //     second bind or registration.
