@@ -11,18 +11,22 @@ func TestStalledPolicy(t *testing.T) {
 	for _, c := range []struct {
 		name      string
 		prev, cur Sample
+		quiet     time.Duration
 		want      bool
 		reason    string
 	}{
-		{"empty queue", Sample{CPU: 5}, Sample{CPU: 5}, false, ""},
-		{"empty queue, stopped", Sample{}, Sample{Stopped: true}, false, ""},
-		{"queue shrinks without CPU", Sample{Queued: 900}, Sample{Queued: 300}, false, ""},
-		{"queue grows, CPU used", Sample{Queued: 300, CPU: 1}, Sample{Queued: 900, CPU: 2}, false, ""},
-		{"queue grows, no CPU (ticks too coarse to tell)", Sample{Queued: 300, CPU: 7}, Sample{Queued: 900, CPU: 7}, false, ""},
-		{"queue stays, no CPU (a slow server between ticks)", Sample{Queued: 832, CPU: 7}, Sample{Queued: 832, CPU: 7}, false, ""},
-		{"queue stays, stopped", Sample{Queued: 300, CPU: 7}, Sample{Queued: 300, CPU: 8, Stopped: true}, true, "is stopped"},
+		{"empty queue", Sample{CPU: 5}, Sample{CPU: 5}, time.Hour, false, ""},
+		{"empty queue, stopped", Sample{}, Sample{Stopped: true}, 0, false, ""},
+		{"queue shrinks without CPU", Sample{Queued: 900}, Sample{Queued: 300}, time.Hour, false, ""},
+		{"queue grows, CPU used", Sample{Queued: 300, CPU: 1}, Sample{Queued: 900, CPU: 2}, 0, false, ""},
+		{"queue grows, no CPU, once (a sleep between bursts)", Sample{Queued: 300, CPU: 7}, Sample{Queued: 900, CPU: 7}, time.Second, false, ""},
+		{"queue stays, no CPU, under hangAfter", Sample{Queued: 832, CPU: 7}, Sample{Queued: 832, CPU: 7}, 2900 * time.Millisecond, false, ""},
+		{"queue stays, no CPU for hangAfter (blocked)", Sample{Queued: 832, CPU: 7}, Sample{Queued: 832, CPU: 7}, 3 * time.Second, true, "has not run for 3s with 832 bytes"},
+		{"queue grows, no CPU for long (blocked)", Sample{Queued: 832, CPU: 7}, Sample{Queued: 9000, CPU: 7}, time.Minute, true, "has not run for 1m0s"},
+		{"queue stays, 1ns of CPU after long quiet (it runs)", Sample{Queued: 832, CPU: 7}, Sample{Queued: 832, CPU: 8}, time.Minute, false, ""},
+		{"queue stays, stopped", Sample{Queued: 300, CPU: 7}, Sample{Queued: 300, CPU: 8, Stopped: true}, 0, true, "is stopped"},
 	} {
-		got, reason := Stalled(3, c.prev, c.cur)
+		got, reason := Stalled(3, c.prev, c.cur, c.quiet, 3*time.Second)
 		if got != c.want || !strings.Contains(reason, c.reason) || (got && !strings.Contains(reason, "generation 3")) {
 			t.Errorf("%s: Stalled(%+v, %+v) = %v, %q; want %v, %q", c.name, c.prev, c.cur, got, reason, c.want, c.reason)
 		}
@@ -191,4 +195,29 @@ func TestMonitorReleasesStalledDrainingGeneration(t *testing.T) {
 	if g := h.gen(1); !g.Stalled || hl.Sampled(1) != n {
 		t.Errorf("released generation 1: %+v, sampled %d times more; want still stalled, not sampled", g, hl.Sampled(1)-n)
 	}
+}
+
+// TestMonitorReportsHang: a working generation that is not stopped but does
+// not run at all while datagrams wait is reported stalled once it has been
+// quiet for HangAfter, not before, and recovered once it runs again.
+func TestMonitorReportsHang(t *testing.T) {
+	hl := newMHealth()
+	h := newMHarness(t, func(c *Config) { c.Health, c.HealthPoll, c.HangAfter = hl, 5*time.Millisecond, 300*time.Millisecond })
+	h.start()
+	hl.Set(1, Sample{Queued: 2048, CPU: time.Second})
+	rounds := hl.Sampled(1)
+	mWaitFor(t, "a few quiet samples", func() bool { return hl.Sampled(1) >= rounds+3 })
+	quietFrom := time.Now()
+	if g := h.gen(1); g.Stalled {
+		t.Fatalf("generation 1 %+v: reported stalled after a few quiet samples, before HangAfter", g)
+	}
+	mWaitFor(t, "generation 1 reported stalled", func() bool { return h.gen(1).Stalled })
+	if g := h.gen(1); !strings.Contains(g.StalledReason, "generation 1 has not run for") || g.State != StateWorking {
+		t.Errorf("status %+v; want working, stalled: has not run", g)
+	}
+	if d := time.Since(quietFrom); d < 200*time.Millisecond {
+		t.Errorf("reported stalled %v after the quiet samples began, want HangAfter (300ms) or more", d)
+	}
+	hl.Set(1, Sample{Queued: 2048, CPU: time.Second + time.Nanosecond})
+	mWaitFor(t, "generation 1 reported recovered", func() bool { return !h.gen(1).Stalled })
 }

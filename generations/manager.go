@@ -90,25 +90,41 @@ type Sample struct {
 	// Queued is the bytes waiting in the receive queues of gen's sockets
 	// in steering.
 	Queued int
-	// CPU is the CPU time (user and system) its processes used so far.
+	// CPU is the CPU time its threads used so far, to the nanosecond
+	// (schedstat): any run between two samples changes it.
 	CPU time.Duration
 	// Stopped: a process of gen is stopped.
 	Stopped bool
+	// At is when the sample was taken (the manager sets it when zero).
+	At time.Time
 }
 
-// Stalled decides from two samples, prev then cur, whether a generation
-// does not take datagrams off its sockets: its queues are not empty, did not
-// shrink, and a process of it is stopped. CPU time is not a criterion: it
-// comes in clock ticks, and a server answering a few datagrams a second (or
-// one that reads in bursts, as sipp does) used none between two samples
-// while datagrams waited (false stalls seen in tests and with sipp). The
+// Quiet reports whether between prev and cur a generation made no progress
+// while datagrams waited for it: its queues are not empty, did not shrink,
+// and none of its threads ran at all.
+func Quiet(prev, cur Sample) bool {
+	return cur.Queued > 0 && cur.Queued >= prev.Queued && cur.CPU == prev.CPU
+}
+
+// Stalled decides whether a generation does not take datagrams off its
+// sockets, from two samples, prev then cur, and how long it has been Quiet
+// without a break (quiet). It stalls when its queues are not empty and did
+// not shrink, and either a process of it is stopped, or it has been quiet
+// for hangAfter: blocked for good (a deadlock, a wait that never ends) while
+// datagrams wait. A single quiet interval is not enough: a server may sleep
+// between bursts (sipp) or on a slow upstream. A hang that keeps some
+// thread running (a busy loop, a runtime's own threads) is not seen. The
 // reason names gen.
-func Stalled(gen uint32, prev, cur Sample) (bool, string) {
+func Stalled(gen uint32, prev, cur Sample, quiet, hangAfter time.Duration) (bool, string) {
 	if cur.Queued == 0 || cur.Queued < prev.Queued {
 		return false, ""
 	}
 	if cur.Stopped {
 		return true, fmt.Sprintf("generation %d is stopped with %d bytes waiting in its sockets", gen, cur.Queued)
+	}
+	if Quiet(prev, cur) && hangAfter > 0 && quiet >= hangAfter {
+		return true, fmt.Sprintf("generation %d has not run for %v with %d bytes waiting in its sockets",
+			gen, quiet.Round(100*time.Millisecond), cur.Queued)
 	}
 	return false, ""
 }
@@ -152,6 +168,9 @@ type Config struct {
 	// HealthPoll is how often the working and draining generations are
 	// sampled (default 1s).
 	HealthPoll time.Duration
+	// HangAfter is how long a generation may stay Quiet before it is
+	// reported stalled (default 3s; negative: never).
+	HangAfter time.Duration
 }
 
 // Manager runs the generations of one service: the first start, upgrades
@@ -197,6 +216,7 @@ type generation struct {
 	// generation stalls and why.
 	last          Sample
 	sampled       bool
+	quietSince    time.Time // zero unless its last samples were Quiet
 	stalled       bool
 	stalledReason string
 	// confirming: Upgrade samples it itself (the monitor leaves it alone).
@@ -232,6 +252,9 @@ func NewManager(log *slog.Logger, cfg Config, l Launcher, s Sockets, r Readiness
 	cfg.MinDrain = min(cfg.MinDrain, cfg.DrainTimeout/4)
 	if cfg.HealthPoll == 0 {
 		cfg.HealthPoll = time.Second
+	}
+	if cfg.HangAfter == 0 {
+		cfg.HangAfter = 3 * time.Second
 	}
 	return &Manager{log: log, cfg: cfg, launch: l, sockets: s, ready: r, next: 1, workingExit: make(chan struct{}), quit: make(chan struct{})}
 }
@@ -653,6 +676,9 @@ func (m *Manager) sample(g *generation) (bool, string) {
 		m.log.Debug("sample generation health", "generation", g.n, "err", err)
 		return false, "" // cannot tell (it may have just exited)
 	}
+	if cur.At.IsZero() {
+		cur.At = time.Now()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	prev, had := g.last, g.sampled
@@ -660,7 +686,16 @@ func (m *Manager) sample(g *generation) (bool, string) {
 	if !had {
 		return false, ""
 	}
-	stalled, reason := Stalled(g.n, prev, cur)
+	var quiet time.Duration
+	if Quiet(prev, cur) {
+		if g.quietSince.IsZero() {
+			g.quietSince = prev.At
+		}
+		quiet = cur.At.Sub(g.quietSince)
+	} else {
+		g.quietSince = time.Time{}
+	}
+	stalled, reason := Stalled(g.n, prev, cur, quiet, m.cfg.HangAfter)
 	switch {
 	case stalled && !g.stalled:
 		m.log.Warn("generation stalls: it does not take datagrams off its sockets", "generation", g.n, "state", g.state, "reason", reason)

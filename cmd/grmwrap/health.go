@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -10,10 +11,6 @@ import (
 	"github.com/grmwrap/grmwrap/generations"
 	"github.com/grmwrap/grmwrap/notify"
 )
-
-// clockTicks is USER_HZ, the unit of utime and stime in /proc/PID/stat:
-// 100 on every Linux architecture grmwrap runs on (x86-64).
-const clockTicks = 100
 
 // procHealth is the generations.Health port read from /proc: whether a
 // generation's processes are stopped, the CPU time they used, and the bytes
@@ -26,9 +23,9 @@ var _ generations.Health = procHealth{}
 
 // procStat is what health reads of /proc/PID/stat.
 type procStat struct {
+	pid   int
 	state byte // R, S, D, T (stopped), t (traced), Z, ...
 	pgrp  int
-	cpu   uint64 // utime + stime, in clock ticks
 }
 
 // readProcStat parses /proc/PID/stat. The command name (field 2) is in
@@ -39,7 +36,35 @@ func readProcStat(pid int) (procStat, error) {
 	if err != nil {
 		return procStat{}, err
 	}
-	return parseProcStat(b)
+	st, err := parseProcStat(b)
+	st.pid = pid
+	return st, err
+}
+
+// threadsCPU is the CPU time the live threads of process pid ran, to the
+// nanosecond: the first field of /proc/PID/task/TID/schedstat. (utime and
+// stime come in clock ticks: a server that answers a few datagrams between
+// two samples may use none.) A thread that exits takes its time with it,
+// which only makes the sum change, as any run does.
+func threadsCPU(pid int) time.Duration {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0 // it exited meanwhile
+	}
+	var sum time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/" + t.Name() + "/schedstat")
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		if f := bytes.Fields(b); len(f) > 0 {
+			if ns, err := strconv.ParseUint(string(f[0]), 10, 64); err == nil {
+				sum += time.Duration(ns)
+			}
+		}
+	}
+	return sum
 }
 
 func parseProcStat(b []byte) (procStat, error) {
@@ -47,24 +72,16 @@ func parseProcStat(b []byte) (procStat, error) {
 	if i < 0 {
 		return procStat{}, fmt.Errorf("parse stat: no command name")
 	}
-	// After ") ": state(3) ppid(4) pgrp(5) ... utime(14) stime(15).
+	// After ") ": state(3) ppid(4) pgrp(5).
 	f := bytes.Fields(b[i+1:])
-	if len(f) < 13 || len(f[0]) != 1 {
+	if len(f) < 3 || len(f[0]) != 1 {
 		return procStat{}, fmt.Errorf("parse stat: %d fields", len(f))
 	}
 	pgrp, err := strconv.Atoi(string(f[2]))
 	if err != nil {
 		return procStat{}, fmt.Errorf("parse stat pgrp: %w", err)
 	}
-	utime, err := strconv.ParseUint(string(f[11]), 10, 64)
-	if err != nil {
-		return procStat{}, fmt.Errorf("parse stat utime: %w", err)
-	}
-	stime, err := strconv.ParseUint(string(f[12]), 10, 64)
-	if err != nil {
-		return procStat{}, fmt.Errorf("parse stat stime: %w", err)
-	}
-	return procStat{state: f[0][0], pgrp: pgrp, cpu: utime + stime}, nil
+	return procStat{state: f[0][0], pgrp: pgrp}, nil
 }
 
 // maxGenerationProcs bounds the processes one reading visits.
@@ -140,9 +157,30 @@ func stopped(procs []procStat) bool {
 	return false
 }
 
+// procsOf reads the processes of the generation p: the members of its
+// cgroup when it has one (exact: workers whose parent exited included),
+// else its process tree (generationProcs).
+func procsOf(p generations.Process) ([]procStat, error) {
+	if c, ok := p.(interface{ cgroupMembers() ([]int, bool) }); ok {
+		if pids, exact := c.cgroupMembers(); exact {
+			if len(pids) == 0 {
+				return nil, errors.New("no process left")
+			}
+			out := make([]procStat, 0, len(pids))
+			for _, pid := range pids {
+				if st, err := readProcStat(pid); err == nil {
+					out = append(out, st)
+				}
+			}
+			return out, nil
+		}
+	}
+	return generationProcs(p.Pid())
+}
+
 // Stopped implements generations.Health.
 func (h procHealth) Stopped(_ uint32, p generations.Process) (bool, error) {
-	procs, err := generationProcs(p.Pid())
+	procs, err := procsOf(p)
 	if err != nil {
 		return false, fmt.Errorf("read generation processes: %w", err)
 	}
@@ -151,17 +189,21 @@ func (h procHealth) Stopped(_ uint32, p generations.Process) (bool, error) {
 
 // Sample implements generations.Health.
 func (h procHealth) Sample(gen uint32, p generations.Process) (generations.Sample, error) {
-	procs, err := generationProcs(p.Pid())
+	procs, err := procsOf(p)
 	if err != nil {
 		return generations.Sample{}, fmt.Errorf("read generation processes: %w", err)
 	}
-	var ticks uint64
+	var cpu time.Duration
 	for _, st := range procs {
-		ticks += st.cpu
+		cpu += threadsCPU(st.pid)
 	}
-	s := generations.Sample{Stopped: stopped(procs), CPU: time.Duration(ticks) * time.Second / clockTicks}
+	s := generations.Sample{Stopped: stopped(procs), CPU: cpu}
 	if inodes := h.dp.Sockets(gen); len(inodes) > 0 {
-		q, err := notify.QueuedBytes(p.Pid(), inodes)
+		pid := p.Pid()
+		if len(procs) > 0 {
+			pid = procs[0].pid // the main process may be gone, its workers not
+		}
+		q, err := notify.QueuedBytes(pid, inodes)
 		if err != nil {
 			return generations.Sample{}, fmt.Errorf("read receive queues: %w", err)
 		}

@@ -255,3 +255,36 @@ func wantOwner(t *testing.T, path string, uid uint32, mode os.FileMode) {
 		t.Fatalf("%s: owner %d mode %v, want owner %d mode %v", path, st.Uid, fi.Mode(), uid, mode)
 	}
 }
+
+// TestNotifyReadyFromOrphanedWorker: generation 2's main process (sh, then
+// sleep) starts its server through a subshell that exits at once (a double
+// fork): the server, adopted by the supervisor, is no descendant of the
+// main pid, but it is in generation 2's cgroup, so its READY=1 counts and
+// the upgrade completes. Checked by process ancestry alone, it was dropped
+// as foreign and the upgrade was rolled back at --ready-timeout.
+func TestNotifyReadyFromOrphanedWorker(t *testing.T) {
+	if !nstest.Enter(t) {
+		return
+	}
+	py := systemPython(t)
+	gated := filepath.Join(scriptDir(t), "gated.py")
+	port := testbin.FreeUDPPort(t)
+	s := startSvcAt(t, "/run/grmwrap", port, []string{"--ready", "notify", "--ready-timeout", "20s"}, py, gated, strconv.Itoa(port), "-")
+	gate := filepath.Join(t.TempDir(), "gate")
+	up := startCLI(t, s.upgradeArgs(s.pid, nil, []string{"sh", "-c", `( "$0" "$1" "$2" "$3" & ); exec sleep infinity`, py, gated, strconv.Itoa(port), gate})...)
+	st := s.waitGen(2, generations.StateStarting)
+	main := genOf(t, st, 2).PID
+	settle(t, "the subshell of generation 2 gone (its server orphaned)", func() (bool, string) {
+		c := childrenOf(main)
+		return len(c) == 0, fmt.Sprintf("children of %d: %v", main, c)
+	})
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := finish(t, up); r.code != 0 || r.stdout != "generation 2 working\n" {
+		t.Fatalf("upgrade: %v; log:\n%s", r, s.g.Stderr())
+	}
+	if strings.Contains(s.g.Stderr(), "outside the generation") {
+		t.Errorf("the server's READY=1 was taken for a foreign one:\n%s", s.g.Stderr())
+	}
+}

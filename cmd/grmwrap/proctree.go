@@ -225,6 +225,21 @@ func (g *procGroup) pids() []int {
 	return out
 }
 
+// contains reports whether pid is in the group: in its cgroup, or in the
+// fallback in its process group.
+func (g *procGroup) contains(pid int) bool {
+	if g.dir == "" {
+		st, err := readProcStat(pid)
+		return err == nil && g.pgid > 0 && st.pgrp == g.pgid
+	}
+	for _, p := range g.pids() {
+		if p == pid {
+			return true
+		}
+	}
+	return false
+}
+
 // populated reports whether any process of the group is left.
 func (g *procGroup) populated() bool {
 	if g.dir == "" {

@@ -125,8 +125,7 @@ type notifySockets struct {
 	// owner, when not nil, owns the directory and the sockets (--user).
 	owner *notify.Credential
 	// belongs says whether pid is a process of generation gen. It is the
-	// one membership check: replace it (a cgroup of the generation, say)
-	// without touching the rest.
+	// one membership check (inGeneration unless a test replaces it).
 	belongs func(gen uint32, pid int) bool
 
 	mu    sync.Mutex
@@ -136,6 +135,9 @@ type notifySockets struct {
 	// set (a READY=1 can come before Launch has recorded the pid).
 	mains map[uint32]int
 	known map[uint32]chan struct{}
+	// members say whether a pid is in a generation's cgroup or process
+	// group: workers whose parent exited are still the generation's.
+	members map[uint32]func(int) bool
 	// Rate limit of the warning about foreign senders.
 	lastWarn time.Time
 	dropped  int
@@ -170,13 +172,16 @@ func newNotifySockets(runtimeDir string, log *slog.Logger, owner *notify.Credent
 		dir: dir, log: log, owner: owner,
 		ready: make(map[uint32]chan struct{}), conns: make(map[uint32]*os.File),
 		mains: make(map[uint32]int), known: make(map[uint32]chan struct{}),
+		members: make(map[uint32]func(int) bool),
 	}
-	n.belongs = n.inProcessTree
+	n.belongs = n.inGeneration
 	return n, nil
 }
 
-// started records gen's main pid. Safe on a nil receiver.
-func (n *notifySockets) started(gen uint32, pid int) {
+// started records gen's main pid, and member, which says whether a pid is
+// in gen's cgroup or process group (nil: the process tree alone decides).
+// Safe on a nil receiver.
+func (n *notifySockets) started(gen uint32, pid int, member func(pid int) bool) {
 	if n == nil {
 		return
 	}
@@ -186,6 +191,9 @@ func (n *notifySockets) started(gen uint32, pid int) {
 		return
 	}
 	n.mains[gen] = pid
+	if member != nil {
+		n.members[gen] = member
+	}
 	if c := n.known[gen]; c != nil {
 		close(c)
 	}
@@ -204,6 +212,18 @@ func (n *notifySockets) knownChan(gen uint32) chan struct{} {
 		}
 	}
 	return c
+}
+
+// inGeneration is the membership check: pid is gen's main pid or a
+// descendant of it, or a member of gen's cgroup (or process group).
+func (n *notifySockets) inGeneration(gen uint32, pid int) bool {
+	if n.inProcessTree(gen, pid) {
+		return true
+	}
+	n.mu.Lock()
+	member := n.members[gen]
+	n.mu.Unlock()
+	return member != nil && member(pid)
 }
 
 // maxTreeDepth bounds the walk up the parent chain.
@@ -391,6 +411,7 @@ func (n *notifySockets) close(gen uint32) {
 	}
 	delete(n.known, gen)
 	delete(n.mains, gen)
+	delete(n.members, gen)
 	n.mu.Unlock()
 	if f != nil {
 		_ = os.Remove(f.Name()) // already gone is fine

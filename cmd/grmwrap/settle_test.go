@@ -142,3 +142,90 @@ func TestStoppedWorkingGenerationReportedStalled(t *testing.T) {
 	r := l.wait(t)
 	t.Logf("load while stopped: sent %d answered %d lost %d", r.Sent, r.Answered, r.Lost)
 }
+
+// TestHungGenerationReportedStalledAndReleased: the working generation
+// blocks for good (echo-c's "hang": not stopped, it just never reads again)
+// while its flows send. Status, the metric and the log report it stalled
+// because it has not run; after an upgrade, the hung generation, now
+// draining, leaves steering at once, its flows are answered by the new
+// generation, and it is stopped, long before the 60 s drain timeout.
+func TestHungGenerationReportedStalledAndReleased(t *testing.T) {
+	if !nstest.Enter(t) {
+		return
+	}
+	port := testbin.FreeUDPPort(t)
+	listen := addr(freeTCPPort(t))
+	url := "http://" + listen + "/metrics"
+	s := startSvc(t, port, []string{"--metrics-listen", listen, "--drain-timeout", "60s", "--flow-timeout", "60s"},
+		testbin.EchoC(t), strconv.Itoa(port))
+	first := strconv.Itoa(s.first.PID)
+	fs := openNeighbourFlows(t, port, 20)
+	if got := fs.answers(t); got[first] != len(fs) {
+		t.Fatalf("before the hang: answers %v, want all %d from generation 1 (%s)", got, len(fs), first)
+	}
+	hangs := openNeighbourFlows(t, port, 1)
+	if _, err := hangs[0].Write([]byte("hang")); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range fs { // they wait in generation 1's queue
+		if _, err := c.Write([]byte("late " + strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := s.waitStatus("generation 1 stalled", func(st Status) bool { return genOf(t, st, 1).Stalled })
+	if g := genOf(t, st, 1); !strings.Contains(g.StalledReason, "generation 1 has not run for") || g.State != generations.StateWorking {
+		t.Errorf("generation 1: %+v; want working, stalled because it has not run", g)
+	}
+	if v := scrapeMetrics(t, url).value(t, "grmwrap_generation_stalled", "generation", "1"); v != 1 {
+		t.Errorf("grmwrap_generation_stalled{generation=1} = %v while hung, want 1", v)
+	}
+	waitStderr(t, s.g, `msg="generation stalls: it does not take datagrams off its sockets" generation=1`)
+
+	started := time.Now()
+	s.mustUpgrade(2)
+	waitStderr(t, s.g, `msg="draining generation stalls: its sockets leave steering, its flows go to the working generation" generation=1`)
+	second := strconv.Itoa(s.instancePID(2))
+	got := fs.answers(t)
+	if got[second] != len(fs) {
+		t.Errorf("flows of the hung generation after the upgrade: answers %v, want all %d from generation 2 (%s)", got, len(fs), second)
+	}
+	if d := time.Since(started); d > 45*time.Second {
+		t.Errorf("the flows moved %v after the upgrade: not before the drain timeout's end", d)
+	}
+	// Out of steering, it has no flows left to drain: it is stopped.
+	s.waitGen(1, generations.StateExited)
+	if d := time.Since(started); d > 45*time.Second {
+		t.Errorf("the hung generation ended %v after the upgrade: not before the drain timeout's end", d)
+	}
+}
+
+// TestStoppedOrphanedWorkerReportedStalled: the server of generation 1 runs
+// in its own session, orphaned by a double fork (its main process is a
+// sleep): neither a descendant of the main pid nor in its process group,
+// only in the generation's cgroup. SIGSTOPped under load, it is reported
+// stalled: health reads the cgroup's members, not the main pid's tree.
+func TestStoppedOrphanedWorkerReportedStalled(t *testing.T) {
+	if !nstest.Enter(t) {
+		return
+	}
+	port := testbin.FreeUDPPort(t)
+	s := startSvc(t, port, nil, "sh", "-c", `( setsid "$0" "$1" & ); exec sleep infinity`, testbin.EchoC(t), strconv.Itoa(port))
+	worker := s.first.PID
+	if genOf(t, s.status(), 1).PID == worker {
+		t.Fatalf("the echo server %d is generation 1's main process; want it orphaned", worker)
+	}
+	l := startLoad(load.Config{Addr: addr(port), Flows: 8, Rate: 500, Duration: 4 * time.Second, Grace: time.Second})
+	if err := syscall.Kill(worker, syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP the worker: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(worker, syscall.SIGCONT) }) // ESRCH once it is gone
+	st := s.waitStatus("generation 1 stalled", func(st Status) bool { return genOf(t, st, 1).Stalled })
+	if g := genOf(t, st, 1); !strings.Contains(g.StalledReason, "generation 1 is stopped") {
+		t.Errorf("generation 1: %+v; want stalled because stopped", g)
+	}
+	if err := syscall.Kill(worker, syscall.SIGCONT); err != nil {
+		t.Fatalf("SIGCONT the worker: %v", err)
+	}
+	s.waitStatus("generation 1 recovered", func(st Status) bool { return !genOf(t, st, 1).Stalled })
+	l.wait(t)
+}

@@ -49,18 +49,18 @@ type instance struct {
 func (i *instance) Pid() int              { return i.pid }
 func (i *instance) Done() <-chan struct{} { return i.done }
 
-// Members lists the pids of the generation's live processes.
-func (i *instance) Members() []int { return i.tree.pids() }
-
-// Contains reports whether pid is a process of the generation.
-func (i *instance) Contains(pid int) bool {
-	for _, p := range i.tree.pids() {
-		if p == pid {
-			return true
-		}
+// cgroupMembers lists the pids of the generation's live processes when it
+// has a cgroup (the list is then exact, whatever they did); ok is false in
+// the process-group fallback.
+func (i *instance) cgroupMembers() (pids []int, ok bool) {
+	if i.tree.dir == "" {
+		return nil, false
 	}
-	return false
+	return i.tree.pids(), true
 }
+
+// contains reports whether pid is a process of the generation.
+func (i *instance) contains(pid int) bool { return i.tree.contains(pid) }
 
 // Signal signals the main process, or, once it has exited, the processes
 // of the generation still left. The main process's handle is a pidfd: a
@@ -187,7 +187,7 @@ func (s *supervisor) Launch(gen uint32, argv []string) (generations.Process, err
 	inst.proc = child.Process
 	inst.pid = child.Process.Pid
 	grp.pgid = inst.pid
-	s.notifier.started(gen, inst.pid)
+	s.notifier.started(gen, inst.pid, inst.contains)
 	s.waiters[child.Process.Pid] = func(ws syscall.WaitStatus) {
 		inst.status = ws
 		close(inst.mainDone)

@@ -30,6 +30,8 @@
  *                 "reuseport ret=<r> errno=<e> now=<getsockopt value>"
  *   attach-cbpf   attach a classic BPF reuseport program (return 0) to the
  *                 UDP socket: "attach ret=<r> errno=<e>"
+ * The payload "hang" is answered, then the server stops reading for good:
+ * it blocks until SIGTERM or SIGINT (a deadlocked server; it uses no CPU).
  * Usage errors exit with status 2, other setup failures with status 1;
  * their diagnostics go to stderr.
  */
@@ -390,5 +392,18 @@ int main(int argc, char **argv)
 		code = exit_code(buf + prefix_len, (size_t)n);
 		if (code >= 0)
 			exit((int)code);
+		if (n == 4 && memcmp(buf + prefix_len, "hang", 4) == 0) {
+			/* Signals only, no socket: wait for a stop signal. */
+			for (;;) {
+				ppoll(NULL, 0, NULL, &unblocked);
+				for (k = 0; k < sig_count; k++) {
+					printf("signal %d\n", sig_ring[k]);
+					fflush(stdout);
+					if (sig_ring[k] == SIGTERM || sig_ring[k] == SIGINT)
+						exit(0);
+				}
+				sig_count = 0;
+			}
+		}
 	}
 }
